@@ -1,0 +1,53 @@
+"""Repository contracts a newcomer relies on."""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_test_command_the_readme_shows():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+
+
+def test_requirements_yml_pins_the_collections_the_venv_carries():
+    import ansible_collections
+
+    bundled = Path(ansible_collections.__path__[0])
+    pins = yaml.safe_load((ROOT / "requirements.yml").read_text())["collections"]
+    assert pins, "requirements.yml pins no collection"
+    for pin in pins:
+        namespace, name = pin["name"].split(".")
+        manifest = json.loads((bundled / namespace / name / "MANIFEST.json").read_text())
+        assert manifest["collection_info"]["version"] == pin["version"], pin["name"]
+
+
+def test_every_role_has_argument_specs_defaults_readme_and_a_scenario():
+    roles = [p for p in (ROOT / "roles").iterdir() if p.is_dir()]
+    assert roles
+    for role in roles:
+        for required in (
+            "meta/argument_specs.yml",
+            "defaults/main.yml",
+            "README.md",
+            "molecule/default/molecule.yml",
+        ):
+            assert (role / required).is_file(), f"{role.name} lacks {required}"
+
+
+def test_every_default_is_documented_in_the_argument_specs_and_readme():
+    for role in (ROOT / "roles").iterdir():
+        if not role.is_dir():
+            continue
+        defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+        options = specs["argument_specs"]["main"]["options"]
+        readme = (role / "README.md").read_text()
+        for variable in defaults:
+            assert variable in options, f"{role.name}: {variable} missing from argument_specs"
+            assert f"`{variable}`" in readme, f"{role.name}: {variable} missing from README"
