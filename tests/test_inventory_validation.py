@@ -1,0 +1,79 @@
+"""Inventories that cannot work fail early, with a message that says why."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run_playbook(playbook: str, inventory: dict, tmp_path: Path, *extra: str):
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    return subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(path), str(ROOT / playbook), *extra],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def inventory(server=("srv1",), cpu=("cpu1",), cuda=(), web=("web1",), **all_vars):
+    def hosts(names):
+        return {"hosts": {name: {"ansible_connection": "local"} for name in names}}
+
+    return {
+        "all": {
+            "vars": all_vars,
+            "children": {
+                "mlops_server": hosts(server),
+                "workers": {"children": {"workers_cpu": hosts(cpu), "workers_cuda": hosts(cuda)}},
+                "web": hosts(web),
+            },
+        }
+    }
+
+
+def test_a_sound_inventory_passes(tmp_path):
+    result = run_playbook("playbooks/validate.yml", inventory(), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (inventory(server=()), "exactly one host in group mlops_server; it has 0"),
+        (inventory(server=("srv1", "srv2")), "it has 2: srv1, srv2"),
+        (inventory(cpu=("box1",), cuda=("box1",)), "not both: box1"),
+    ],
+    ids=["no-server", "two-servers", "cpu-and-cuda"],
+)
+def test_a_broken_inventory_fails_with_a_clear_message(tmp_path, broken, message):
+    result = run_playbook("playbooks/validate.yml", broken, tmp_path)
+    assert result.returncode != 0
+    assert message in " ".join(result.stdout.split())
+
+
+def test_an_unknown_object_store_is_refused(tmp_path):
+    playbook = tmp_path / "contract.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Contract",
+                    "hosts": "mlops_server",
+                    "gather_facts": False,
+                    "roles": ["mlops"],
+                }
+            ]
+        )
+    )
+    result = run_playbook(str(playbook), inventory(object_store="ceph"), tmp_path)
+    output = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert "mlops_object_store" in output and "minio, seaweedfs" in output, output
