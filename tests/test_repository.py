@@ -28,7 +28,12 @@ def test_requirements_yml_pins_the_collections_the_venv_carries():
 
 
 # Roles without a host of their own to converge, and where their behaviour is tested.
-TESTED_ELSEWHERE = {"mlops": "tests/test_inventory_validation.py"}
+TESTED_ELSEWHERE = {
+    "mlops": "tests/test_inventory_validation.py",
+    "python_app": "molecule/server/molecule.yml",
+    "mlflow": "molecule/server/molecule.yml",
+    "prefect_server": "molecule/server/molecule.yml",
+}
 
 
 def test_every_role_has_argument_specs_defaults_readme_and_a_scenario():
