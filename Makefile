@@ -5,6 +5,7 @@ SHELL := /bin/bash
 
 ROOT := $(CURDIR)
 VENV := $(ROOT)/.venv
+DEV_VENV := $(ROOT)/.venv-dev
 export MLOPS_CACHE_DIR ?= $(ROOT)/.cache
 # Debian release of the test hosts: bookworm (CI) or trixie.
 export MLOPS_TEST_RELEASE ?= bookworm
@@ -37,6 +38,11 @@ test: ## Install what is missing, lint, run pytest and every molecule scenario
 venv: ## Controller virtualenv (ansible, molecule, linters, pytest)
 	@tools/bootstrap-venv $(VENV) requirements/controller.txt
 
+.PHONY: venv-dev
+venv-dev: venv ## Development virtualenv: flows, web app, MLflow and Prefect servers, torch, test tools
+	@tools/bootstrap-venv $(DEV_VENV) requirements/dev.txt -e flows -e serving
+	@tools/ensure-dev-packages
+
 .PHONY: docker
 docker: ## Make sure a Docker engine runs (installs docker.io when none)
 	@tools/ensure-docker
@@ -53,8 +59,9 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 	ruff format --check .
 
 .PHONY: pytest
-pytest: venv ## Unit and integration tests
-	pytest
+pytest: venv venv-dev ## Unit and integration tests (the flows and the web app against real services)
+	pytest tests
+	$(DEV_VENV)/bin/pytest flows/tests serving/tests
 
 .PHONY: molecule
 molecule: venv docker ## Every molecule scenario, or SCENARIO=roles/postgresql

@@ -1,0 +1,1 @@
+"""Prefect flows of the MLOps platform: data versions, training, promotion, retraining."""

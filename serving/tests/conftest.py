@@ -1,0 +1,43 @@
+"""The web app under real waitress, against the real services, with a trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from webapp import OUTPUT, start_web, wait_ready
+
+
+@pytest.fixture(scope="module")
+def web(services, production_model, tmp_path_factory):
+    app = start_web(services, tmp_path_factory.mktemp("web"))
+    wait_ready(app)
+    yield app
+    app.process.terminate()
+    app.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def test_images(services, tmp_path_factory):
+    """The fixed test set of the newest data version: (png bytes, label) pairs, and the folder."""
+    from mlops_flows.config import Settings
+    from mlops_flows.datarepo import DataRepo
+
+    env = services.client_env("worker")
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        repo = DataRepo(Settings.from_env())
+        version = repo.fetch(repo.latest(), tmp_path_factory.mktemp("data") / "repo")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    files = sorted((version.path / "test").glob("[0-9]/*.png"))
+    return [(path.read_bytes(), int(path.parent.name)) for path in files]
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT

@@ -1,0 +1,112 @@
+"""A person in a real browser (Debian's Chromium, driven by Playwright): upload, feedback, review.
+
+Screenshots of every page go to test-output/.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Headless, and quiet on a machine with a closed network.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which("chromium"):
+        pytest.fail(
+            "Debian's chromium is not installed (make test installs it: tools/ensure-dev-packages)"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_upload_predict_feedback_and_review_in_a_browser(
+    web, browser, test_images, output_dir, tmp_path
+):
+    data, label = next((d, lbl) for d, lbl in test_images if lbl == 3)
+    digit_file = tmp_path / "three.png"
+    digit_file.write_bytes(data)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+
+    page.goto(web.url + "/")
+    page.screenshot(path=str(output_dir / "1-upload.png"), full_page=True)
+    page.set_input_files("#file", str(digit_file))  # choosing a file submits the form
+    page.wait_for_url("**/result/*")
+    predicted = int(page.inner_text("#digit"))
+    assert page.inner_text("#model-version").strip()
+    assert page.locator(".bars li").count() == 3
+    assert page.eval_on_selector("#seen", "img => img.complete && img.naturalWidth") == 28
+    page.screenshot(path=str(output_dir / "2-result.png"), full_page=True)
+    upload_id = int(page.url.rsplit("/", 1)[1])
+
+    if predicted == label:
+        page.click("#correct")
+    else:
+        page.click(f".feedback button.digit[value='{label}']")
+    page.wait_for_selector("#feedback-recorded")
+    assert f"is a {label}" in page.inner_text("#feedback-recorded")
+    page.screenshot(path=str(output_dir / "3-feedback.png"), full_page=True)
+
+    page.goto(web.url + "/review")
+    page.wait_for_url("**/login**")
+    page.fill("#username", web.reviewer[0])
+    page.fill("#password", "not the password")
+    page.click("#login")
+    assert "Wrong user name or password" in page.content()
+    page.fill("#username", web.reviewer[0])
+    page.fill("#password", web.reviewer[1])
+    page.click("#login")
+    page.wait_for_url("**/review")
+    row = page.locator(f"#upload-{upload_id}")
+    assert row.count() == 1
+    page.screenshot(path=str(output_dir / "4-review.png"), full_page=True)
+    row.locator("button.confirm").click()
+    page.wait_for_url("**/review?status=pending")
+    assert page.locator(f"#upload-{upload_id}").count() == 0, (
+        "a confirmed upload leaves the pending list"
+    )
+    page.goto(web.url + "/review?status=confirmed")
+    confirmed = page.locator(f"#upload-{upload_id}")
+    assert f"confirmed as {label}" in confirmed.inner_text()
+    page.screenshot(path=str(output_dir / "5-confirmed.png"), full_page=True)
+
+    page.goto(web.url + "/status")
+    assert page.inner_text("#model-version").strip()
+    assert page.inner_text("#data-version").startswith("data-v")
+    page.screenshot(path=str(output_dir / "6-status.png"), full_page=True)
+    page.close()
+
+
+def test_drawing_on_the_canvas_predicts(web, browser, output_dir):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(web.url + "/")
+    box = page.locator("#canvas").bounding_box()
+    # A "1": one stroke down the middle.
+    page.mouse.move(box["x"] + 140, box["y"] + 40)
+    page.mouse.down()
+    for step in range(1, 21):
+        page.mouse.move(box["x"] + 140, box["y"] + 40 + step * 10)
+    page.mouse.up()
+    page.screenshot(path=str(output_dir / "7-drawing.png"), full_page=True)
+    page.click("#submit")
+    page.wait_for_url("**/result/*")
+    assert page.inner_text("#digit").strip() in {str(d) for d in range(10)}
+    page.screenshot(path=str(output_dir / "8-drawing-result.png"), full_page=True)
+    page.close()

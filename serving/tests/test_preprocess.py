@@ -1,0 +1,123 @@
+"""Real photos and drawings come out as MNIST-like 28x28 images (no services needed)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from mlops_serving.preprocess import ImageRejected, prepare
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def mnist_like_seven() -> np.ndarray:
+    """A white 7 on black, 28x28."""
+    image = Image.new("L", (280, 280), 0)
+    draw = ImageDraw.Draw(image)
+    draw.line([(50, 50), (230, 50), (120, 230)], fill=255, width=28)
+    return np.asarray(image.resize((28, 28), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def photo_of(
+    pixels: np.ndarray, size: int, paper=(236, 230, 214), ink=(30, 35, 60), fmt="JPEG"
+) -> bytes:
+    """The digit as dark ink on off-white paper, large, slightly blurred and noisy, in colour."""
+    big = (
+        Image.fromarray(pixels)
+        .resize((size, size), Image.Resampling.BICUBIC)
+        .filter(ImageFilter.GaussianBlur(2))
+    )
+    alpha = np.asarray(big, dtype=np.float32)[..., None] / 255
+    rgb = np.array(paper) * (1 - alpha) + np.array(ink) * alpha
+    rgb += np.random.default_rng(0).normal(0, 6, rgb.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def clean(pixels: np.ndarray) -> np.ndarray:
+    """The digit as a clean white-on-black PNG, normalised: what a photo of it should give."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return prepare(buffer.getvalue()).pixels
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+def test_a_photo_of_a_dark_digit_on_paper_looks_like_mnist(fmt):
+    seven = mnist_like_seven()
+    prepared = prepare(photo_of(seven, 900, fmt=fmt))
+    assert prepared.inverted is True
+    assert prepared.pixels.shape == (28, 28)
+    assert similarity(prepared.pixels, clean(seven)) > 0.9
+    assert np.median(prepared.pixels) == 0, "the background (paper) must come out black"
+
+
+def test_light_on_dark_is_not_inverted_and_any_size_works():
+    seven = mnist_like_seven()
+    buffer = io.BytesIO()
+    Image.fromarray(seven).resize((61, 61)).save(buffer, format="PNG")
+    prepared = prepare(buffer.getvalue())
+    assert prepared.inverted is False
+    assert similarity(prepared.pixels, clean(seven)) > 0.95
+
+
+def test_a_transparent_canvas_drawing_works():
+    seven = mnist_like_seven()
+    rgba = np.zeros((280, 280, 4), np.uint8)
+    rgba[..., 3] = np.asarray(Image.fromarray(seven).resize((280, 280)))
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    assert similarity(prepare(buffer.getvalue()).pixels, clean(seven)) > 0.95
+
+
+def test_the_digit_is_fitted_in_20x20_and_centred_by_mass():
+    small = np.zeros((100, 300), np.uint8)
+    small[40:60, 10:40] = 255  # a small, off-centre blob
+    buffer = io.BytesIO()
+    Image.fromarray(small).save(buffer, format="PNG")
+    pixels = prepare(buffer.getvalue()).pixels.astype(np.float64)
+    rows, cols = np.flatnonzero(pixels.any(1)), np.flatnonzero(pixels.any(0))
+    assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) <= 21
+    ys, xs = np.indices(pixels.shape)
+    assert abs((ys * pixels).sum() / pixels.sum() - 13.5) <= 1
+    assert abs((xs * pixels).sum() / pixels.sum() - 13.5) <= 1
+
+
+def test_an_animated_gif_uses_its_first_frame():
+    seven = mnist_like_seven()
+    frames = [Image.fromarray(seven), Image.fromarray(np.zeros_like(seven))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert similarity(prepare(buffer.getvalue()).pixels, clean(seven)) > 0.95
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [(b"", 400), (b"plain text, not an image", 400), (b"GIF89a\x01\x00\x01\x00", 400)],
+    ids=["empty", "text", "truncated-gif"],
+)
+def test_unreadable_input_is_rejected(data, status):
+    with pytest.raises(ImageRejected) as caught:
+        prepare(data)
+    assert caught.value.status == status
+
+
+def test_a_blank_page_has_no_digit():
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 300), (250, 250, 250)).save(buffer, format="JPEG")
+    with pytest.raises(ImageRejected, match="no digit") as caught:
+        prepare(buffer.getvalue())
+    assert caught.value.status == 422
+
+
+def test_too_many_pixels_is_refused_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 3000), 0).save(buffer, format="PNG")
+    with pytest.raises(ImageRejected) as caught:
+        prepare(buffer.getvalue(), max_pixels=1_000_000)
+    assert caught.value.status == 413

@@ -1,0 +1,121 @@
+"""The model behind the web app changes without failed requests; no model means 503."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+from webapp import start_web, web_env
+
+
+def worker_environment(services):
+    saved = dict(os.environ)
+    os.environ.update(services.client_env("worker"))
+    return saved
+
+
+def restore(saved: dict) -> None:
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_request(
+    web, services, test_images
+):
+    from mlflow import MlflowClient
+
+    stop = threading.Event()
+    outcomes: list[tuple[float, int, str]] = []
+
+    def keep_predicting() -> None:
+        i = 0
+        while not stop.is_set():
+            data, _ = test_images[i % len(test_images)]
+            i += 1
+            try:
+                answer = web.post("/api/v1/predict", files={"file": ("d.png", data)})
+                version = answer.json().get("model_version", "") if answer.ok else ""
+                outcomes.append((time.monotonic(), answer.status_code, version))
+            except Exception as error:  # a dropped connection is a failed request too
+                outcomes.append((time.monotonic(), 0, repr(error)))
+
+    threads = [threading.Thread(target=keep_predicting) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    saved = worker_environment(services)
+    try:
+        time.sleep(3)
+        client = MlflowClient()
+        before = client.get_model_version_by_alias("mnist", "production")
+        # A new version of the same weights, moved to production by hand.
+        new = client.create_model_version(
+            "mnist", before.source, run_id=before.run_id, tags=before.tags
+        )
+        client.set_registered_model_alias("mnist", "production", new.version)
+        moved_at = time.monotonic()
+        deadline = moved_at + 45
+        while time.monotonic() < deadline:
+            if any(version == new.version for _, _, version in outcomes[-8:]):
+                break
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        restore(saved)
+    failed = [o for o in outcomes if o[1] != 200]
+    first_new = min((t for t, _, v in outcomes if v == new.version), default=None)
+    assert not failed, failed[:5]
+    assert first_new is not None, "the new version was never served"
+    seconds = first_new - moved_at
+    print(
+        f"\n{len(outcomes)} requests, 0 failed; version {new.version} served"
+        f" {seconds:.1f} s after the alias moved"
+    )
+    assert seconds <= 30
+    assert web.get("/readyz").json()["model_version"] == new.version
+
+
+def test_without_a_production_model_pages_say_so_and_the_api_answers_503(services, tmp_path):
+    app = start_web(services, tmp_path, MLOPS_MODEL_ALIAS="nobody-holds-this")
+    try:
+        assert app.get("/readyz").status_code == 503
+        answer = app.post("/api/v1/predict", files={"file": ("d.png", b"whatever")})
+        assert answer.status_code == 503
+        assert "no production model" in answer.json()["error"]
+        page = app.get("/")
+        assert page.status_code == 200 and 'id="no-model"' in page.text
+        assert 'id="no-model"' in app.get("/status").text
+    finally:
+        app.process.terminate()
+        app.process.wait(timeout=30)
+
+
+def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(
+    services, production_model, test_images, tmp_path
+):
+    """In process: point the MLflow client at a closed port after the model loaded."""
+    import mlops_serving.app as serving
+
+    env, _ = web_env(services, tmp_path)
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        app = serving.create_app(start_model_watch=False)
+        holder = app.extensions["mlops"].models
+        assert holder.refresh() is True
+        loaded = holder.current.version
+        os.environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"  # nothing listens there
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        assert holder.refresh() is False
+        assert holder.last_error
+        assert holder.current.version == loaded
+        client = app.test_client()
+        data, _ = test_images[0]
+        answer = client.post("/api/v1/predict", data={"file": (io.BytesIO(data), "d.png")})
+        assert answer.status_code == 200 and answer.get_json()["model_version"] == loaded
+    finally:
+        restore(saved)

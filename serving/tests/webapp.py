@@ -1,0 +1,94 @@
+"""Start the web app under real waitress for tests (used by conftest.py and the tests)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from werkzeug.security import generate_password_hash
+
+BIN = Path(sys.executable).parent
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+
+
+@dataclass
+class WebApp:
+    url: str
+    env: dict
+    reviewer: tuple[str, str]
+    process: subprocess.Popen
+    log: Path
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=30, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str]]:
+    reviewer = ("reviewer", secrets.token_urlsafe(18))
+    secrets_file = (
+        Path(os.environ.get("MLOPS_CACHE_DIR", ".cache")) / "credentials" / "test-services"
+    )
+    secrets_file.mkdir(parents=True, exist_ok=True)
+    (secrets_file / f"web-{tmp_path.name}.secrets").write_text(reviewer[1] + "\n")
+    env = {
+        **services.client_env("web"),
+        "MLOPS_SECRET_KEY": secrets.token_urlsafe(32),
+        "MLOPS_REVIEWERS": f"{reviewer[0]}:{generate_password_hash(reviewer[1])}",
+        "MLOPS_MODEL_POLL_SECONDS": "2",
+        "MLOPS_MODEL_DIR": str(tmp_path / "models"),
+        **overrides,
+    }
+    return env, reviewer
+
+
+def start_web(services, tmp_path: Path, **overrides) -> WebApp:
+    env, reviewer = web_env(services, tmp_path, **overrides)
+    port = free_port()
+    log = tmp_path / "waitress.log"
+    process = subprocess.Popen(
+        [str(BIN / "mlops-serving"), "--host", "127.0.0.1", "--port", str(port), "--threads", "8"],
+        env={**os.environ, **env},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the web app exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    else:
+        raise RuntimeError(f"the web app did not start:\n{log.read_text()[-3000:]}")
+    return WebApp(url, env, reviewer, process, log)
+
+
+def wait_ready(web: WebApp, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = web.get("/readyz")
+        if answer.status_code == 200:
+            return answer.json()
+        time.sleep(0.5)
+    raise TimeoutError(f"/readyz never became ready: {web.get('/readyz').text}")
