@@ -33,6 +33,9 @@ TESTED_ELSEWHERE = {
     "python_app": "molecule/server/molecule.yml",
     "mlflow": "molecule/server/molecule.yml",
     "prefect_server": "molecule/server/molecule.yml",
+    "data_repo": "molecule/worker/molecule.yml",
+    "prefect_worker": "molecule/worker/molecule.yml",
+    "serving": "molecule/web/molecule.yml",
 }
 
 
@@ -60,3 +63,45 @@ def test_every_default_is_documented_in_the_argument_specs_and_readme():
         for variable in defaults:
             assert variable in options, f"{role.name}: {variable} missing from argument_specs"
             assert f"`{variable}`" in readme, f"{role.name}: {variable} missing from README"
+
+
+def pins(lock: Path) -> dict[str, str]:
+    found = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)", line)
+        if match:
+            found[re.sub(r"\[.*\]", "", match.group(1)).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def test_every_lock_agrees_on_the_versions_of_shared_packages():
+    locks = [
+        ROOT / "requirements" / "controller.txt",
+        ROOT / "requirements" / "dev.txt",
+        ROOT / "flows" / "requirements.txt",
+        ROOT / "serving" / "requirements.txt",
+        *sorted((ROOT / "roles").glob("*/files/requirements.txt")),
+    ]
+    platform = pins(ROOT / "requirements" / "platform.txt")
+    assert {"prefect", "mlflow-skinny", "boto3", "torch"} <= set(platform)
+    for lock in locks:
+        for package, version in pins(lock).items():
+            assert platform.get(package) == version, (
+                f"{lock}: {package}=={version}, platform has {platform.get(package)}"
+            )
+
+
+def test_the_workers_install_the_torch_the_flows_are_locked_with():
+    wanted = [
+        line.strip()
+        for line in (ROOT / "flows" / "requirements-torch.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    defaults = yaml.safe_load(
+        (ROOT / "roles" / "prefect_worker" / "defaults" / "main.yml").read_text()
+    )
+    assert defaults["prefect_worker_torch_packages"] == wanted
+    platform = pins(ROOT / "requirements" / "platform.txt")
+    for requirement in wanted:
+        name, version = requirement.split("==")
+        assert platform[name] == version

@@ -36,9 +36,9 @@ def photo_of(
 
 
 def clean(pixels: np.ndarray) -> np.ndarray:
-    """The digit as a clean white-on-black PNG, normalised: what a photo of it should give."""
+    """The digit as a large, clean white-on-black PNG, normalised: what a photo of it should give."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).resize((280, 280), Image.Resampling.BICUBIC).save(buffer, format="PNG")
     return prepare(buffer.getvalue()).pixels
 
 
@@ -88,9 +88,17 @@ def test_the_digit_is_fitted_in_20x20_and_centred_by_mass():
     assert abs((xs * pixels).sum() / pixels.sum() - 13.5) <= 1
 
 
+def test_an_image_already_in_mnist_format_is_kept_as_it_is():
+    seven = mnist_like_seven()
+    buffer = io.BytesIO()
+    Image.fromarray(seven).save(buffer, format="PNG")
+    assert np.array_equal(prepare(buffer.getvalue()).pixels, seven)
+
+
 def test_an_animated_gif_uses_its_first_frame():
     seven = mnist_like_seven()
-    frames = [Image.fromarray(seven), Image.fromarray(np.zeros_like(seven))]
+    big = Image.fromarray(seven).resize((140, 140))
+    frames = [big, Image.new("L", big.size, 0)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     assert similarity(prepare(buffer.getvalue()).pixels, clean(seven)) > 0.95

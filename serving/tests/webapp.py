@@ -57,12 +57,20 @@ def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str
     return env, reviewer
 
 
-def start_web(services, tmp_path: Path, **overrides) -> WebApp:
+def start_web(services, tmp_path: Path, threads: int = 8, **overrides) -> WebApp:
     env, reviewer = web_env(services, tmp_path, **overrides)
     port = free_port()
     log = tmp_path / "waitress.log"
     process = subprocess.Popen(
-        [str(BIN / "mlops-serving"), "--host", "127.0.0.1", "--port", str(port), "--threads", "8"],
+        [
+            str(BIN / "mlops-serving"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+        ],
         env={**os.environ, **env},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,

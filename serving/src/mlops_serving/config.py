@@ -24,7 +24,8 @@ class Config:
     uploads_bucket: str
     model_name: str = "mnist"
     model_alias: str = "production"
-    # user:password-hash pairs (werkzeug's generate_password_hash), comma separated
+    # user:secret pairs, comma separated; the secret is a werkzeug password
+    # hash (generate_password_hash) or the password itself
     reviewers: str = ""
     max_upload_bytes: int = 5 * 1024 * 1024
     max_pixels: int = 25_000_000
@@ -58,6 +59,6 @@ class Config:
             db_pool_size=_int("MLOPS_DB_POOL_SIZE", 8),
         )
 
-    def reviewer_hashes(self) -> dict[str, str]:
+    def reviewers_by_name(self) -> dict[str, str]:
         pairs = (entry.split(":", 1) for entry in self.reviewers.split(",") if ":" in entry)
         return {user.strip(): digest.strip() for user, digest in pairs}

@@ -6,7 +6,8 @@ first: no decompression bombs), honour the EXIF orientation, flatten
 transparency onto white, go grey, invert when the background is light (MNIST
 digits are white on black), subtract the background the border shows and
 stretch the contrast, crop to the digit, fit it into 20x20 keeping its
-aspect, and centre it by its centre of mass in 28x28.
+aspect, and centre it by its centre of mass in 28x28. An image already in
+that format (28x28, light on dark) is only cleaned, not fitted again.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def prepare(data: bytes, max_pixels: int = 25_000_000) -> Prepared:
     grey *= 255.0 / peak
     noise = float(np.percentile(np.clip(border - np.median(border), 0, None) * 255.0 / peak, 95))
     grey[grey <= noise] = 0
+    if grey.shape == (SIDE, SIDE) and not inverted:
+        # Already MNIST's format (28x28, light digit on dark): fitting it again
+        # would only resample it.
+        return Prepared(pixels=grey.astype(np.uint8), extension=extension, inverted=False)
     ink = grey > max(noise, INK_LEVEL * 255)
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     digit = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

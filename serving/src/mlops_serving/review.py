@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from functools import wraps
 
 from flask import (
@@ -28,8 +29,13 @@ def state():
 
 
 def valid_login(username: str, password: str) -> bool:
-    digest = state().config.reviewer_hashes().get(username)
-    return bool(digest) and check_password_hash(digest, password)
+    """Reviewers come from MLOPS_REVIEWERS: user:werkzeug-hash, or user:password (0600 env file)."""
+    stored = state().config.reviewers_by_name().get(username)
+    if not stored:
+        return False
+    if stored.startswith(("scrypt:", "pbkdf2:")):
+        return check_password_hash(stored, password)
+    return hmac.compare_digest(stored.encode(), password.encode())
 
 
 def reviewer_required(view):

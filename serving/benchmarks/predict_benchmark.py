@@ -1,0 +1,245 @@
+"""Benchmark (not a test): /api/v1/predict against `mlflow models serve`, same model, same images.
+
+Starts the real services (tools/test_services.py), publishes data-v1/v2 and
+trains a model version (unless one holds the alias), then serves that version
+twice on this machine: the web app under waitress, and MLflow's own scoring
+server (`mlflow models serve`, the PyTorch flavour). Each gets the same 200
+test images from 1, 8 and 32 concurrent clients (keep-alive connections, a
+warm-up first), one after the other, and the script prints requests per
+second and p50/p99 latency for both, and their ratio.
+
+Our endpoint does more per request than MLflow's: it decodes and
+preprocesses an image file, and stores the upload (two objects in the
+object store and a PostgreSQL row). MLflow's gets the ready 28x28 tensor
+as JSON.
+
+    .venv-dev/bin/python serving/benchmarks/predict_benchmark.py [--seconds 10] [--threads 8]
+
+Target on 2 cores: at 8 clients, at least 2x the requests per second of
+`mlflow models serve`, and p99 <= 25 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from statistics import quantiles
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "serving" / "tests"))
+BIN = Path(sys.executable).parent
+
+
+def multipart(png: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def mlflow_json(png: bytes) -> bytes:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
+    return json.dumps({"inputs": pixels[None, None].tolist()}).encode()
+
+
+def load(
+    port: int, path: str, requests: list[tuple[bytes, str]], clients: int, seconds: float
+) -> dict:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = [0.0]
+
+    def client(offset: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, i = [], offset
+        while time.perf_counter() < stop_at[0]:
+            body, content_type = requests[i % len(requests)]
+            i += clients
+            started = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+                answer = conn.getresponse()
+                answer.read()
+                ok = answer.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            if ok:
+                mine.append(time.perf_counter() - started)
+            else:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    for phase_seconds in (2.0, seconds):  # warm-up, then measure
+        latencies.clear()
+        errors[0] = 0
+        stop_at[0] = time.perf_counter() + phase_seconds
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    cuts = quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": cuts[49] * 1000,
+        "p99_ms": cuts[98] * 1000,
+        "requests": len(latencies),
+        "errors": errors[0],
+    }
+
+
+def columns(result: dict, width: int) -> str:
+    return (
+        f"{result['rps']:>{width}.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
+        f" {result['errors']:>4}"
+    )
+
+
+def wait_http(port: int, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing answered 200 on port {port}{path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--clients", default="1,8,32")
+    args = parser.parse_args()
+
+    from test_services import Services
+    from webapp import free_port, start_web, wait_ready
+
+    state = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    services = Services(state)
+    processes: list[subprocess.Popen] = []
+    try:
+        services.start()
+        worker = {**os.environ, **services.client_env("worker")}
+        subprocess.run(
+            [str(BIN / "mlops-flows"), "data", "bootstrap"],
+            env=worker,
+            check=True,
+            capture_output=True,
+        )
+        trained = subprocess.run(
+            [str(BIN / "mlops-flows"), "train", "--epochs", "3"],
+            env=worker,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        version = json.loads(trained.stdout[trained.stdout.index("{") :])["version"]
+        fetched = json.loads(
+            subprocess.run(
+                [str(BIN / "mlops-flows"), "data", "fetch", "data-v2", str(state / "data")],
+                env=worker,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        pngs = [
+            p.read_bytes() for p in sorted(Path(fetched["path"], "test").glob("[0-9]/*.png"))[::5]
+        ][:200]
+
+        web = start_web(services, state, threads=args.threads, MLOPS_MODEL_POLL_SECONDS="30")
+        processes.append(web.process)
+        wait_ready(web)
+        web_port = int(web.url.rsplit(":", 1)[1])
+        mlflow_port = free_port()
+        serve_log = (state / "mlflow-serve.log").open("w")
+        serve = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/mnist/{version}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+            ],
+            env={**os.environ, **services.client_env("web"), "PATH": f"{BIN}:{os.environ['PATH']}"},
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        processes.append(serve)
+        wait_http(mlflow_port, "/ping", 180)
+
+        ours = [multipart(png) for png in pngs]
+        theirs = [(mlflow_json(png), "application/json") for png in pngs]
+        print(
+            f"model mnist version {version}; {len(pngs)} test images;"
+            f" {args.seconds:.0f} s per case; waitress threads {args.threads};"
+            f" {os.cpu_count()} cores"
+        )
+        print(
+            f"{'clients':>7} | {'ours rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
+            f"{'mlflow rps':>10} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'rps ratio':>9}"
+        )
+        results = {}
+        for clients in [int(c) for c in args.clients.split(",")]:
+            a = load(web_port, "/api/v1/predict", ours, clients, args.seconds)
+            b = load(mlflow_port, "/invocations", theirs, clients, args.seconds)
+            results[clients] = (a, b)
+            print(
+                f"{clients:>7} | {columns(a, 9)} | {columns(b, 10)} | {a['rps'] / b['rps']:>9.2f}"
+            )
+        if 8 in results:
+            a, b = results[8]
+            met = a["rps"] >= 2 * b["rps"] and a["p99_ms"] <= 25
+            print(f"target at 8 clients (>= 2x rps, p99 <= 25 ms): {'met' if met else 'NOT met'}")
+        return 0
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+        services.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
