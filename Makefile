@@ -23,12 +23,12 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 .PHONY: up
-up: ## Start the whole demo platform on this machine (arrives with the whole-stack issue)
-	@echo "make up: the whole-stack demo is not built yet; 'make test' runs what exists." >&2; exit 1
+up: venv docker ## The whole platform as local containers: MLflow, Prefect, the web app on 127.0.0.1
+	@tools/demo up
 
 .PHONY: down
-down: ## Remove the demo platform
-	@echo "make down: nothing to remove yet." >&2
+down: venv ## Remove the demo containers
+	@tools/demo down
 
 .PHONY: test
 test: ## Install what is missing, lint, run pytest and every molecule scenario

@@ -27,12 +27,25 @@ def main() -> None:
         onnx = train.export_onnx(model, Path(scratch) / "model.onnx")
         png = train.confusion_matrix_png(result.confusion, Path(scratch) / "cm.png", "molecule/web")
         version = DataVersion(
-            "data-v2", folder, "built-on-the-controller", dataset.class_counts(folder, "train"),
+            "data-v2",
+            folder,
+            "built-on-the-controller",
+            dataset.class_counts(folder, "train"),
             dataset.class_counts(folder, "test"),
         )
-        logged = log_training_run("mnist", version, hp, history, result, model, onnx, 0.0, png, "cpu")
+        logged = log_training_run(
+            "mnist", version, hp, history, result, model, onnx, 0.0, png, "cpu"
+        )
         decision = register_and_decide("mnist", logged, "data-v2", result, test_images, test_labels)
-    print(json.dumps({"version": decision.version, "promoted": decision.promoted, "accuracy": result.accuracy}))
+    print(
+        json.dumps(
+            {
+                "version": decision.version,
+                "promoted": decision.promoted,
+                "accuracy": result.accuracy,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 
 
 def setup(spec: dict) -> None:
     os.environ["PREFECT_API_URL"] = spec["prefect_api_url"]
     os.environ["PREFECT_API_AUTH_STRING"] = spec["prefect_auth_string"]
-    os.environ.setdefault("PREFECT_HOME", "/tmp/prefect-check-worker")
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-check-worker-"))
     os.environ["MLFLOW_TRACKING_URI"] = spec["mlflow_url"]
     os.environ["MLFLOW_TRACKING_USERNAME"] = spec["mlflow"]["username"]
     os.environ["MLFLOW_TRACKING_PASSWORD"] = spec["mlflow"]["password"]

@@ -36,7 +36,7 @@ def photo_of(
 
 
 def clean(pixels: np.ndarray) -> np.ndarray:
-    """The digit as a large, clean white-on-black PNG, normalised: what a photo of it should give."""
+    """The digit as a large clean white-on-black PNG, normalised: what a photo of it must give."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).resize((280, 280), Image.Resampling.BICUBIC).save(buffer, format="PNG")
     return prepare(buffer.getvalue()).pixels

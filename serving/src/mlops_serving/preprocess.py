@@ -81,12 +81,10 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             image.load()
     except ImageRejected:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as error:
-        raise ImageRejected(f"not a readable image ({error.__class__.__name__})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected(f"more pixels than the limit of {max_pixels}", 413) from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not a readable image (PNG, JPEG, WebP, BMP or GIF)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"the image is truncated or corrupt ({error})") from None
     return image, FORMATS[probe.format]

