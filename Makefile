@@ -63,8 +63,12 @@ pytest: venv venv-dev ## Unit and integration tests (the flows and the web app a
 	pytest tests
 	$(DEV_VENV)/bin/pytest flows/tests serving/tests
 
+.PHONY: wheelhouse
+wheelhouse: venv-dev ## PyTorch wheels for test hosts that cannot reach PyTorch's index
+	@tools/fill-wheelhouse
+
 .PHONY: molecule
-molecule: venv docker ## Every molecule scenario, or SCENARIO=roles/postgresql
+molecule: venv venv-dev docker wheelhouse ## Every molecule scenario, or SCENARIO=roles/postgresql
 	@for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
 	  tools/molecule-test "$$scenario"; \
 	done
