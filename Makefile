@@ -73,6 +73,10 @@ molecule: venv venv-dev docker wheelhouse ## Every molecule scenario, or SCENARI
 	  tools/molecule-test "$$scenario"; \
 	done
 
+.PHONY: molecule-lanes
+molecule-lanes: venv venv-dev docker wheelhouse ## Every scenario, in two parallel lanes (what make test runs)
+	@tools/molecule-lanes $(SCENARIOS)
+
 .PHONY: clean
 clean: ## Remove test containers left behind (keeps caches and the venv)
 	-docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f
