@@ -42,7 +42,7 @@ BUCKETS = {"mlflow": "mlflow-artifacts", "dvc": "dvc-store", "uploads": "web-upl
 # The same grants the roles give (roles/mlops/defaults/main.yml).
 S3_GRANTS = {
     "mlflow": {"read_write": ["mlflow"], "read": []},
-    "worker": {"read_write": ["dvc"], "read": ["uploads"]},
+    "worker": {"read_write": ["dvc"], "read": []},
     "web": {"read_write": ["uploads"], "read": []},
 }
 DATABASES = {"mlflow": "mlflow", "prefect": "prefect", "mlops": "mlops_web"}

@@ -163,13 +163,13 @@ def confirmed_uploads(services, count: int) -> list[str]:
             sha = hashlib.sha256(body).hexdigest()
             key = uploads.object_key(sha, "png")
             s3.put_object(Bucket="web-uploads", Key=key, Body=body)
-            s3.put_object(Bucket="web-uploads", Key=uploads.training_image_key(key), Body=body)
             upload_id = uploads.insert(
                 conn,
                 key=key,
                 sha256=sha,
                 content_type="image/png",
                 size_bytes=len(body),
+                model_input=body,
                 predicted_label=i % 10,
                 probabilities=[0.1] * 10,
                 model_version="1",

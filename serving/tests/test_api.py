@@ -53,9 +53,20 @@ def test_the_test_set_through_the_api_scores_the_models_own_accuracy(
 
 def test_predict_accepts_base64_json_and_feedback_is_recorded(web, test_images):
     data, label = test_images[0]
+    # A fresh file: one byte more (a PNG ignores what follows its end), so its key is new.
+    data += b"\0"
+    before = stored(web)
     answer = web.post("/api/v1/predict", json={"image": base64.b64encode(data).decode()})
     assert answer.status_code == 200, answer.text
     upload_id = answer.json()["upload_id"]
+    # One row (holding the 28x28 input the model saw) and one object (the original).
+    assert stored(web) == (before[0] + 1, before[1] + 1)
+    with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
+        model_input = conn.execute(
+            "SELECT model_input FROM uploads WHERE id = %s", (upload_id,)
+        ).fetchone()[0]
+    seen = Image.open(io.BytesIO(model_input))
+    assert (seen.format, seen.size, seen.mode) == ("PNG", (28, 28), "L")
     assert web.post("/api/v1/feedback", json={"upload_id": upload_id, "label": label}).json() == {
         "upload_id": upload_id,
         "user_label": label,

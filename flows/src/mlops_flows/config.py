@@ -28,7 +28,6 @@ class Settings:
     data_repo_url: str
     s3_endpoint: str
     dvc_bucket: str
-    uploads_bucket: str
     database_url: str
     experiment: str
     registered_model: str
@@ -40,7 +39,6 @@ class Settings:
             data_repo_url=_required("MLOPS_DATA_REPO_URL"),
             s3_endpoint=_required("MLOPS_S3_ENDPOINT"),
             dvc_bucket=os.environ.get("MLOPS_DVC_BUCKET", "dvc-store"),
-            uploads_bucket=os.environ.get("MLOPS_UPLOADS_BUCKET", "web-uploads"),
             database_url=os.environ.get("MLOPS_DATABASE_URL", ""),
             experiment=os.environ.get("MLOPS_MLFLOW_EXPERIMENT", "mnist"),
             registered_model=os.environ.get("MLOPS_REGISTERED_MODEL", "mnist"),

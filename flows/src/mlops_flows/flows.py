@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import boto3
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -184,7 +183,6 @@ def publish_uploads(settings: Settings) -> dict:
         raise ValueError(
             "MLOPS_DATABASE_URL is not set: the retrain flow reads the uploads table from it"
         )
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint)
     with psycopg.connect(settings.database_url) as conn, conn.transaction():
         rows = uploads.trainable_unused(conn)
         if not rows:
@@ -197,11 +195,9 @@ def publish_uploads(settings: Settings) -> dict:
                 )
             shutil.copytree(base, target)
             for row in rows:
-                key = uploads.training_image_key(row.object_key)
-                body = s3.get_object(Bucket=settings.uploads_bucket, Key=key)["Body"].read()
                 folder = target / "train" / str(row.reviewed_label)
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / f"upload-{row.sha256[:16]}.png").write_bytes(body)
+                (folder / f"upload-{row.sha256[:16]}.png").write_bytes(row.model_input)
 
         published = DataRepo(settings).publish(build)
         uploads.mark_used(conn, [row.id for row in rows], published.tag)

@@ -77,7 +77,7 @@ def preprocessed_image(upload_id: int):
     if row is None:
         abort(404, "no such upload")
     return Response(
-        state().store.preprocessed(row.object_key),
+        row.model_input,
         mimetype="image/png",
         headers={"Cache-Control": "private, max-age=86400"},
     )

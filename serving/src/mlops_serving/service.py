@@ -37,7 +37,7 @@ class Prediction:
 
 
 def predict_and_store(data: bytes) -> Prediction:
-    """Preprocess, predict with the live model, store the images and the row.
+    """Preprocess, predict with the live model, store the original and the row.
 
     Nothing is stored when the image is rejected or no model is loaded.
     """
@@ -48,7 +48,7 @@ def predict_and_store(data: bytes) -> Prediction:
     prepared = prepare(data, max_pixels=state.config.max_pixels)
     probabilities = model.probabilities(prepared.model_input())[0]
     digit = int(probabilities.argmax())
-    sha, key = state.store.put(data, prepared.extension, MIME[prepared.extension], prepared.png())
+    sha, key = state.store.put(data, prepared.extension, MIME[prepared.extension])
     with state.pool.connection() as conn:
         upload_id = uploads.insert(
             conn,
@@ -56,6 +56,7 @@ def predict_and_store(data: bytes) -> Prediction:
             sha256=sha,
             content_type=MIME[prepared.extension],
             size_bytes=len(data),
+            model_input=prepared.png(),
             predicted_label=digit,
             probabilities=[float(p) for p in probabilities],
             model_version=model.version,

@@ -1,4 +1,4 @@
-"""Uploads: the original bytes and the 28x28 image, content-addressed in the uploads bucket."""
+"""Uploads: the original bytes, content-addressed in the uploads bucket."""
 
 from __future__ import annotations
 
@@ -21,21 +21,9 @@ class UploadStore:
             ),
         )
 
-    def put(
-        self, data: bytes, extension: str, content_type: str, preprocessed_png: bytes
-    ) -> tuple[str, str]:
-        """Store both images; return (sha256, key). The same bytes always get the same key."""
+    def put(self, data: bytes, extension: str, content_type: str) -> tuple[str, str]:
+        """Store the original; return (sha256, key). The same bytes always get the same key."""
         sha = hashlib.sha256(data).hexdigest()
         key = uploads.object_key(sha, extension)
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        self.s3.put_object(
-            Bucket=self.bucket,
-            Key=uploads.training_image_key(key),
-            Body=preprocessed_png,
-            ContentType="image/png",
-        )
         return sha, key
-
-    def preprocessed(self, key: str) -> bytes:
-        answer = self.s3.get_object(Bucket=self.bucket, Key=uploads.training_image_key(key))
-        return answer["Body"].read()

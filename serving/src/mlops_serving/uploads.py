@@ -1,7 +1,8 @@
 """The uploads table: the one definition the web app and the retrain flow share.
 
-Every accepted upload is a row: the image is in the uploads bucket under a
-content-addressed key, the row holds the model's prediction and
+Every accepted upload is a row: the original image is in the uploads bucket
+under a content-addressed key, the row holds the 28x28 PNG the model saw
+(what retraining uses, a few hundred bytes), the model's prediction and
 probabilities, the model version, the user's label, the review decision,
 and (once the retrain flow took it) the dataset version it went into.
 
@@ -36,6 +37,7 @@ MIGRATIONS: list[str] = [
         sha256           char(64) NOT NULL,
         content_type     text NOT NULL,
         size_bytes       integer NOT NULL CHECK (size_bytes > 0),
+        model_input      bytea NOT NULL,
         predicted_label  smallint NOT NULL CHECK (predicted_label BETWEEN 0 AND 9),
         probabilities    real[] NOT NULL CHECK (cardinality(probabilities) = 10),
         model_version    text NOT NULL,
@@ -75,6 +77,7 @@ class Upload:
     sha256: str
     content_type: str
     size_bytes: int
+    model_input: bytes
     predicted_label: int
     probabilities: list[float]
     model_version: str
@@ -92,11 +95,6 @@ class Upload:
 def object_key(sha256: str, extension: str) -> str:
     """Content-addressed: the same bytes always land under the same key."""
     return f"uploads/{sha256[:2]}/{sha256}.{extension}"
-
-
-def training_image_key(key: str) -> str:
-    """The 28x28 image the model saw, stored beside the original: what retraining uses."""
-    return f"{key.rsplit('.', 1)[0]}.28x28.png"
 
 
 def migrate(conn: psycopg.Connection) -> list[int]:
@@ -124,18 +122,21 @@ def insert(
     sha256: str,
     content_type: str,
     size_bytes: int,
+    model_input: bytes,
     predicted_label: int,
     probabilities: Sequence[float],
     model_version: str,
 ) -> int:
     row = conn.execute(
-        "INSERT INTO uploads (object_key, sha256, content_type, size_bytes, predicted_label,"
-        " probabilities, model_version) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        "INSERT INTO uploads (object_key, sha256, content_type, size_bytes, model_input,"
+        " predicted_label, probabilities, model_version)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
         (
             key,
             sha256,
             content_type,
             size_bytes,
+            model_input,
             predicted_label,
             list(probabilities),
             model_version,
