@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +36,16 @@ def mlops(*args: str, env: dict) -> dict:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group (a worker and its flow runs); SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def test_building_the_dataset_splits_every_digit_the_same_way(tmp_path):
@@ -99,8 +110,7 @@ def test_training_through_a_deployment_on_a_process_worker(worker_env, services,
         run = run_deployment("train/train", parameters={"epochs": 1}, timeout=900)
         seconds = time.monotonic() - started
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop(worker)
     log = (tmp_path / "worker.log").read_text()
     assert run.state.is_completed(), f"{run.state}\n{log[-3000:]}"
     print(f"\ntrain deployment run (1 epoch) completed in {seconds:.0f} s")

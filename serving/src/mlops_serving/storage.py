@@ -13,7 +13,9 @@ from . import uploads
 class UploadStore:
     def __init__(self, endpoint: str, bucket: str):
         self.bucket = bucket
-        self.s3 = boto3.client(
+        # A session of its own: boto3's default session keeps the first credentials it
+        # found for the life of the process, whatever the environment says later.
+        self.s3 = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint,
             config=BotoConfig(
