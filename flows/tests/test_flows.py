@@ -149,18 +149,13 @@ def test_onnx_and_pytorch_agree_on_the_test_set(worker_env, tmp_path):
 
 
 def confirmed_uploads(services, count: int) -> list[str]:
-    """Uploads as the web app stores them, confirmed by a reviewer; returns their file names."""
-    import boto3
+    """Uploads as the web app stores them, confirmed by a reviewer; returns their file names.
+
+    Their originals stay in the web app's outbox: the retrain flow reads the rows only.
+    """
     from mlops_serving import uploads
 
     env = services.client_env("web")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["MLOPS_S3_ENDPOINT"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
     rng = np.random.default_rng(count)
     names = []
     with psycopg.connect(env["MLOPS_DATABASE_URL"], autocommit=True) as conn:
@@ -172,13 +167,12 @@ def confirmed_uploads(services, count: int) -> list[str]:
             body = buffer.getvalue()
             sha = hashlib.sha256(body).hexdigest()
             key = uploads.object_key(sha, "png")
-            s3.put_object(Bucket="web-uploads", Key=key, Body=body)
             upload_id = uploads.insert(
                 conn,
                 key=key,
                 sha256=sha,
                 content_type="image/png",
-                size_bytes=len(body),
+                original=body,
                 model_input=body,
                 predicted_label=i % 10,
                 probabilities=[0.1] * 10,

@@ -9,11 +9,16 @@ warm-up first), one after the other, and the script prints requests per
 second and p50/p99 latency for both, and their ratio.
 
 Our endpoint does more per request than MLflow's: it decodes and
-preprocesses an image file, and stores the upload (two objects in the
-object store and a PostgreSQL row). MLflow's gets the ready 28x28 tensor
-as JSON.
+preprocesses an image file, and commits the upload (a PostgreSQL row and the
+original in the outbox, which the shipper copies to the object store after
+the burst). MLflow's gets the ready 28x28 tensor as JSON and stores nothing.
+Before each case the outbox is empty: the script waits for the shipper and
+prints how long the last burst's originals took to reach the bucket. A last
+case runs 8 clients for --sustained seconds, longer than the outbox's
+longest wait (30 s), where the shipper runs beside the requests.
 
-    .venv-dev/bin/python serving/benchmarks/predict_benchmark.py [--seconds 10] [--threads 8]
+    .venv-dev/bin/python serving/benchmarks/predict_benchmark.py \
+        [--seconds 10] [--processes N] [--threads 4] [--mlflow-workers 1] [--sustained 60]
 
 Target on 2 cores: at 8 clients, at least 2x the requests per second of
 `mlflow models serve`, and p99 <= 25 ms.
@@ -37,6 +42,8 @@ from pathlib import Path
 from statistics import quantiles
 
 import numpy as np
+import psycopg
+from mlops_serving import uploads
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,11 +144,35 @@ def wait_http(port: int, path: str, timeout: float) -> None:
     raise TimeoutError(f"nothing answered 200 on port {port}{path}")
 
 
+def drain_outbox(database_url: str, timeout: float = 600) -> tuple[int, float]:
+    """Wait until the shipper has put every queued original in the bucket: (backlog, seconds)."""
+    started = time.perf_counter()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        backlog = uploads.originals_waiting(conn)[0]
+        while uploads.originals_waiting(conn)[0]:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"the outbox did not drain in {timeout:.0f} s")
+            time.sleep(0.2)
+    return backlog, time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--threads", type=int, default=4, help="waitress threads per process")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=(os.cpu_count() or 1) + 1,
+        help="waitress processes (default: cores + 1, as the serving role's default on 2 cores)",
+    )
+    parser.add_argument(
+        "--mlflow-workers", type=int, default=1, help="uvicorn workers (mlflow's default: 1)"
+    )
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument(
+        "--sustained", type=float, default=60.0, help="seconds of the sustained case (0: none)"
+    )
     args = parser.parse_args()
 
     from test_services import Services
@@ -180,7 +211,13 @@ def main() -> int:
             p.read_bytes() for p in sorted(Path(fetched["path"], "test").glob("[0-9]/*.png"))[::5]
         ][:200]
 
-        web = start_web(services, state, threads=args.threads, MLOPS_MODEL_POLL_SECONDS="30")
+        web = start_web(
+            services,
+            state,
+            threads=args.threads,
+            MLOPS_MODEL_POLL_SECONDS="30",
+            MLOPS_WEB_PROCESSES=str(args.processes),
+        )
         processes.append(web.process)
         wait_ready(web)
         web_port = int(web.url.rsplit(":", 1)[1])
@@ -199,6 +236,8 @@ def main() -> int:
                 "127.0.0.1",
                 "--port",
                 str(mlflow_port),
+                "--workers",
+                str(args.mlflow_workers),
             ],
             env={**os.environ, **services.client_env("web"), "PATH": f"{BIN}:{os.environ['PATH']}"},
             stdout=serve_log,
@@ -210,27 +249,42 @@ def main() -> int:
 
         ours = [multipart(png) for png in pngs]
         theirs = [(mlflow_json(png), "application/json") for png in pngs]
+        database_url = web.env["MLOPS_DATABASE_URL"]
         print(
             f"model mnist version {version}; {len(pngs)} test images;"
-            f" {args.seconds:.0f} s per case; waitress threads {args.threads};"
+            f" {args.seconds:.0f} s per case; waitress {args.processes} processes x"
+            f" {args.threads} threads; mlflow serve {args.mlflow_workers} worker(s);"
             f" {os.cpu_count()} cores"
         )
         print(
             f"{'clients':>7} | {'ours rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
             f"{'mlflow rps':>10} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'rps ratio':>9}"
+            f" | outbox after, drained in"
         )
         results = {}
         for clients in [int(c) for c in args.clients.split(",")]:
             a = load(web_port, "/api/v1/predict", ours, clients, args.seconds)
+            backlog, drain = drain_outbox(database_url)
             b = load(mlflow_port, "/invocations", theirs, clients, args.seconds)
             results[clients] = (a, b)
             print(
                 f"{clients:>7} | {columns(a, 9)} | {columns(b, 10)} | {a['rps'] / b['rps']:>9.2f}"
+                f" | {backlog} originals, {drain:.1f} s"
             )
         if 8 in results:
             a, b = results[8]
             met = a["rps"] >= 2 * b["rps"] and a["p99_ms"] <= 25
             print(f"target at 8 clients (>= 2x rps, p99 <= 25 ms): {'met' if met else 'NOT met'}")
+        if args.sustained > 0:
+            a = load(web_port, "/api/v1/predict", ours, 8, args.sustained)
+            with psycopg.connect(database_url) as conn:
+                waiting, oldest, _ = uploads.originals_waiting(conn)
+            backlog, drain = drain_outbox(database_url)
+            print(
+                f"sustained, 8 clients, {args.sustained:.0f} s (ours only): {columns(a, 9)};"
+                f" at its end {waiting} originals waited, the oldest {oldest or 0:.1f} s;"
+                f" drained in {drain:.1f} s"
+            )
         return 0
     finally:
         for process in processes:

@@ -11,7 +11,8 @@ from webapp import OUTPUT, start_web, wait_ready
 
 @pytest.fixture(scope="module")
 def web(services, production_model, tmp_path_factory):
-    app = start_web(services, tmp_path_factory.mktemp("web"))
+    # Two waitress processes, as on a web host with two cores or more.
+    app = start_web(services, tmp_path_factory.mktemp("web"), MLOPS_WEB_PROCESSES="2")
     wait_ready(app)
     yield app
     app.process.terminate()

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import struct
 import zlib
 
-import boto3
 import psycopg
 import pytest
+from mlops_serving import uploads
 from PIL import Image
+from webapp import bucket, outbox_empty
 
 
 def stored(web) -> tuple[int, int]:
-    """Rows in the uploads table and objects in the uploads bucket."""
+    """Rows in the uploads table and objects in the uploads bucket, once the outbox is empty."""
+    outbox_empty(web.env)
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         rows = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=web.env["MLOPS_S3_ENDPOINT"],
-        aws_access_key_id=web.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=web.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=web.env["AWS_DEFAULT_REGION"],
-    )
     objects = sum(
         page.get("KeyCount", 0)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
+        for page in bucket(web.env).get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
     )
     return rows, objects
 
@@ -59,8 +55,11 @@ def test_predict_accepts_base64_json_and_feedback_is_recorded(web, test_images):
     answer = web.post("/api/v1/predict", json={"image": base64.b64encode(data).decode()})
     assert answer.status_code == 200, answer.text
     upload_id = answer.json()["upload_id"]
-    # One row (holding the 28x28 input the model saw) and one object (the original).
+    # One row (holding the 28x28 input the model saw) and, once shipped, one object: the
+    # original, under its content address.
     assert stored(web) == (before[0] + 1, before[1] + 1)
+    key = uploads.object_key(hashlib.sha256(data).hexdigest(), "png")
+    assert bucket(web.env).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         model_input = conn.execute(
             "SELECT model_input FROM uploads WHERE id = %s", (upload_id,)
@@ -116,6 +115,7 @@ def test_probes_and_metrics(web, production_model):
     assert "mlops_http_request_duration_seconds_bucket" in text
     assert "mlops_predictions_total{digit=" in text
     assert f'version="{production_model.version}"' in text
+    assert "mlops_upload_originals_waiting " in text
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -103,7 +103,7 @@ def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        app = serving.create_app(start_model_watch=False)
+        app = serving.create_app(start_background=False)
         holder = app.extensions["mlops"].models
         assert holder.refresh() is True
         loaded = holder.current.version

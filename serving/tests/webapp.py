@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+import psycopg
 import requests
 from werkzeug.security import generate_password_hash
 
@@ -77,19 +80,27 @@ def start_web(services, tmp_path: Path, threads: int = 8, **overrides) -> WebApp
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    try:
+        wait_healthy(url, process, log)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)  # the app and any waitress processes it forked
+        process.wait()
+        raise
+    return WebApp(url, env, reviewer, process, log)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the web app exited:\n{log.read_text()[-3000:]}")
         try:
             if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
+                return
+        except requests.RequestException:  # not listening yet, or the processes still starting
             pass
         time.sleep(0.3)
-    else:
-        raise RuntimeError(f"the web app did not start:\n{log.read_text()[-3000:]}")
-    return WebApp(url, env, reviewer, process, log)
+    raise RuntimeError(f"the web app did not start:\n{log.read_text()[-3000:]}")
 
 
 def wait_ready(web: WebApp, timeout: float = 60) -> dict:
@@ -100,3 +111,22 @@ def wait_ready(web: WebApp, timeout: float = 60) -> dict:
             return answer.json()
         time.sleep(0.5)
     raise TimeoutError(f"/readyz never became ready: {web.get('/readyz').text}")
+
+
+def bucket(env: dict):
+    return boto3.client(
+        "s3",
+        endpoint_url=env["MLOPS_S3_ENDPOINT"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+def outbox_empty(env: dict, timeout: float = 60) -> None:
+    """Wait until the shipper has copied every queued original to the bucket."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(env["MLOPS_DATABASE_URL"]) as conn:
+        while conn.execute("SELECT count(*) FROM upload_originals").fetchone()[0]:
+            assert time.monotonic() < deadline, "the outbox did not drain"
+            time.sleep(0.2)

@@ -22,7 +22,7 @@ from . import uploads
 from .config import Config
 from .metrics import Metrics
 from .model import ModelHolder
-from .storage import UploadStore
+from .storage import UploadShipper
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 class State:
     config: Config
     models: ModelHolder
-    store: UploadStore
+    shipper: UploadShipper
     pool: ConnectionPool
     metrics: Metrics
 
 
-def create_app(config: Config | None = None, start_model_watch: bool = True) -> Flask:
+def create_app(config: Config | None = None, start_background: bool = True) -> Flask:
+    """start_background: the model watch and the uploads' shipper (tests may drive them)."""
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config.update(
@@ -50,7 +51,7 @@ def create_app(config: Config | None = None, start_model_watch: bool = True) -> 
     pool = ConnectionPool(
         config.database_url,
         min_size=1,
-        max_size=config.db_pool_size,
+        max_size=config.db_pool_size + 1,  # + 1: the uploads' shipper
         kwargs={"autocommit": True},
         open=True,
     )
@@ -58,12 +59,24 @@ def create_app(config: Config | None = None, start_model_watch: bool = True) -> 
         applied = uploads.migrate(conn)
         if applied:
             log.info("applied schema migrations %s", applied)
+    metrics = Metrics()
     models = ModelHolder(
-        config.model_name, config.model_alias, config.model_poll_seconds, config.model_dir
+        config.model_name,
+        config.model_alias,
+        config.model_poll_seconds,
+        config.model_dir,
+        on_live=lambda loaded: metrics.set_model(
+            config.model_name, loaded.version, loaded.data_version
+        ),
     )
-    state = State(
-        config, models, UploadStore(config.s3_endpoint, config.uploads_bucket), pool, Metrics()
+    shipper = UploadShipper(
+        config.s3_endpoint,
+        config.uploads_bucket,
+        pool,
+        max_delay_seconds=config.store_max_delay_seconds,
+        failures=metrics.store_failures,
     )
+    state = State(config, models, shipper, pool, metrics)
     app.extensions["mlops"] = state
 
     from .api import api
@@ -78,9 +91,10 @@ def create_app(config: Config | None = None, start_model_watch: bool = True) -> 
 
     register_error_handlers(app)
     register_metrics_hooks(app, state)
-    if start_model_watch:
+    if start_background:
         models.refresh()
         models.start()
+        shipper.start()
     return app
 
 

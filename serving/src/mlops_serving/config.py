@@ -32,6 +32,8 @@ class Config:
     model_poll_seconds: int = 10
     model_dir: str = ""
     db_pool_size: int = 8
+    # the longest an upload's original waits in the outbox while uploads keep coming
+    store_max_delay_seconds: int = 30
 
     @classmethod
     def from_env(cls) -> Config:
@@ -57,6 +59,7 @@ class Config:
             model_poll_seconds=_int("MLOPS_MODEL_POLL_SECONDS", 10),
             model_dir=os.environ.get("MLOPS_MODEL_DIR", ""),
             db_pool_size=_int("MLOPS_DB_POOL_SIZE", 8),
+            store_max_delay_seconds=_int("MLOPS_STORE_MAX_DELAY_SECONDS", 30),
         )
 
     def reviewers_by_name(self) -> dict[str, str]:

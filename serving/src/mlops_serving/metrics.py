@@ -1,13 +1,26 @@
-"""Prometheus metrics: requests, latency, predictions per digit, the model version."""
+"""Prometheus metrics: requests, latency, predictions per digit, the model version.
+
+With several waitress processes (server.py sets PROMETHEUS_MULTIPROC_DIR)
+each process writes its values to files there, and /metrics sums them.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
+        # What /metrics shows: this process's registry, or the sum over all processes.
+        self.exposition = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)
+        self._model_labels: dict[str, str] | None = None
         self.requests = Counter(
             "mlops_http_requests_total",
             "HTTP requests by endpoint and status",
@@ -24,13 +37,37 @@ class Metrics:
         self.predictions = Counter(
             "mlops_predictions_total", "Predictions by digit", ["digit"], registry=self.registry
         )
+        self.originals_waiting = Gauge(
+            "mlops_upload_originals_waiting",
+            "Uploads whose original is not in the object store yet (the outbox)",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.originals_oldest = Gauge(
+            "mlops_upload_originals_oldest_seconds",
+            "How long the oldest original in the outbox has waited",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.store_failures = Counter(
+            "mlops_upload_store_failures_total",
+            "Failed attempts to ship originals to the object store (they stay queued)",
+            registry=self.registry,
+        )
         self.model_version = Gauge(
             "mlops_model_version",
             "The model version serving (1 for the loaded one)",
             ["name", "version", "data_version"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
 
     def set_model(self, name: str, version: str, data_version: str) -> None:
-        self.model_version.clear()
-        self.model_version.labels(name=name, version=version, data_version=data_version).set(1)
+        labels = {"name": name, "version": version, "data_version": data_version}
+        if labels == self._model_labels:
+            return
+        if self._model_labels is not None:
+            # 0, not removed: a value written to the multiprocess files stays there.
+            self.model_version.labels(**self._model_labels).set(0)
+        self.model_version.labels(**labels).set(1)
+        self._model_labels = labels

@@ -14,6 +14,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +41,16 @@ class Loaded:
 
 
 class ModelHolder:
-    def __init__(self, name: str, alias: str, poll_seconds: int, model_dir: str = ""):
+    def __init__(
+        self,
+        name: str,
+        alias: str,
+        poll_seconds: int,
+        model_dir: str = "",
+        on_live: Callable[[Loaded], None] | None = None,
+    ):
         self.name = name
+        self.on_live = on_live  # called with each model that goes live
         self.alias = alias
         self.poll_seconds = poll_seconds
         self.model_dir = Path(model_dir or tempfile.mkdtemp(prefix="mlops-model-"))
@@ -67,6 +76,8 @@ class ModelHolder:
             return False
         loaded = self._load(wanted)
         self.current = loaded
+        if self.on_live is not None:
+            self.on_live(loaded)
         log.info(
             "model %s version %s is live (data %s)", self.name, loaded.version, loaded.data_version
         )
@@ -76,17 +87,20 @@ class ModelHolder:
         import mlflow
         import onnxruntime
 
-        target = self.model_dir / f"v{version.version}"
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version.version}", dst_path=str(target)
-            )
-        )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # requests run in parallel threads already
-        session = onnxruntime.InferenceSession(
-            str(local / ONNX_IN_MODEL), options, providers=["CPUExecutionProvider"]
-        )
+        # A folder of this load's own (several web processes may load the same version at
+        # once); the session holds the model in memory, so the files go right after.
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.model_dir, prefix=f"v{version.version}-") as tmp:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version.version}", dst_path=tmp
+                )
+            )
+            session = onnxruntime.InferenceSession(
+                str(local / ONNX_IN_MODEL), options, providers=["CPUExecutionProvider"]
+            )
         tags = version.tags or {}
         return Loaded(
             version=str(version.version),

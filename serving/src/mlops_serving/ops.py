@@ -6,6 +6,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import uploads
+
 ops = Blueprint("ops", __name__)
 
 
@@ -30,7 +32,8 @@ def readyz():
 
 @ops.get("/metrics")
 def metrics():
-    model = state().models.current
-    if model is not None:
-        state().metrics.set_model(state().config.model_name, model.version, model.data_version)
-    return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    with state().pool.connection() as conn:
+        waiting, oldest, _ = uploads.originals_waiting(conn)
+    state().metrics.originals_waiting.set(waiting)
+    state().metrics.originals_oldest.set(oldest or 0)
+    return Response(generate_latest(state().metrics.exposition), mimetype=CONTENT_TYPE_LATEST)

@@ -53,7 +53,8 @@ class Prepared:
 
     def png(self) -> bytes:
         buffer = io.BytesIO()
-        Image.fromarray(self.pixels, mode="L").save(buffer, format="PNG")
+        # Level 1: a third faster than the default and only a few bytes larger at 28x28.
+        Image.fromarray(self.pixels, mode="L").save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
 
@@ -103,16 +104,17 @@ def prepare(data: bytes, max_pixels: int = 25_000_000) -> Prepared:
     image, extension = decode(data, max_pixels)
     grey = to_grey(image)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    inverted = bool(np.median(border) > 127)
+    background = quantile(border, 0.5)
+    inverted = background > 127
     if inverted:
-        grey, border = 255.0 - grey, 255.0 - border
+        grey, border, background = 255.0 - grey, 255.0 - border, 255.0 - background
     # The background (paper, shadows, a canvas) is what the border mostly shows.
-    grey = np.clip(grey - np.median(border), 0, None)
+    grey = np.clip(grey - background, 0, None)
     peak = float(grey.max())
     if peak < 32:
         raise ImageRejected("no digit found: the image is almost uniform", 422)
     grey *= 255.0 / peak
-    noise = float(np.percentile(np.clip(border - np.median(border), 0, None) * 255.0 / peak, 95))
+    noise = quantile(np.clip(border - background, 0, None) * 255.0 / peak, 0.95)
     grey[grey <= noise] = 0
     if grey.shape == (SIDE, SIDE) and not inverted:
         # Already MNIST's format (28x28, light digit on dark): fitting it again
@@ -135,6 +137,16 @@ def prepare(data: bytes, max_pixels: int = 25_000_000) -> Prepared:
     return Prepared(
         pixels=np.clip(canvas, 0, 255).astype(np.uint8), extension=extension, inverted=inverted
     )
+
+
+def quantile(values: np.ndarray, q: float) -> float:
+    """np.quantile's default (linear) method without its overhead: it ran three times per
+    request and took a fifth of the request's time in the interpreter."""
+    ordered = np.sort(values, axis=None)
+    position = q * (ordered.size - 1)
+    low = int(position)
+    high = min(low + 1, ordered.size - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
 def centre_by_mass(canvas: np.ndarray) -> np.ndarray:

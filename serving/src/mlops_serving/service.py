@@ -8,6 +8,7 @@ from flask import current_app
 
 from . import uploads
 from .preprocess import MIME, ImageRejected, prepare
+from .storage import content_key
 
 
 class NoModel(RuntimeError):
@@ -37,8 +38,9 @@ class Prediction:
 
 
 def predict_and_store(data: bytes) -> Prediction:
-    """Preprocess, predict with the live model, store the original and the row.
+    """Preprocess, predict with the live model, commit the row and the original.
 
+    The original reaches the uploads bucket shortly after (storage.UploadShipper).
     Nothing is stored when the image is rejected or no model is loaded.
     """
     state = current_app.extensions["mlops"]
@@ -46,25 +48,24 @@ def predict_and_store(data: bytes) -> Prediction:
     if model is None:
         raise NoModel("no production model is loaded yet")
     prepared = prepare(data, max_pixels=state.config.max_pixels)
-    probabilities = model.probabilities(prepared.model_input())[0]
-    digit = int(probabilities.argmax())
-    sha, key = state.store.put(data, prepared.extension, MIME[prepared.extension])
+    probabilities = [float(p) for p in model.probabilities(prepared.model_input())[0]]
+    digit = max(range(len(probabilities)), key=probabilities.__getitem__)
+    sha, key = content_key(data, prepared.extension)
     with state.pool.connection() as conn:
         upload_id = uploads.insert(
             conn,
             key=key,
             sha256=sha,
             content_type=MIME[prepared.extension],
-            size_bytes=len(data),
+            original=data,
             model_input=prepared.png(),
             predicted_label=digit,
-            probabilities=[float(p) for p in probabilities],
+            probabilities=probabilities,
             model_version=model.version,
         )
+    state.shipper.queued()
     state.metrics.predictions.labels(digit=str(digit)).inc()
-    return Prediction(
-        upload_id, digit, [float(p) for p in probabilities], model.version, model.data_version
-    )
+    return Prediction(upload_id, digit, probabilities, model.version, model.data_version)
 
 
 __all__ = ["ImageRejected", "NoModel", "Prediction", "predict_and_store"]
