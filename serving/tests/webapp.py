@@ -61,6 +61,7 @@ def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str
 
 
 def start_web(services, tmp_path: Path, threads: int = 8, **overrides) -> WebApp:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env, reviewer = web_env(services, tmp_path, **overrides)
     port = free_port()
     log = tmp_path / "waitress.log"

@@ -9,8 +9,11 @@ thereby off the request path: an S3 PUT cost more than the prediction itself
 The shipper lets bursts pass: while uploads keep arriving (the newest in the
 outbox is younger than `quiet_seconds`, whichever web process or host took
 it) it waits, unless the oldest queued original has waited
-`max_delay_seconds`; then it ships the oldest batch by batch, so under
-sustained load nothing waits much longer than that. It also wakes every
+`max_delay_seconds`; then it ships the oldest batch by batch. When that is
+not enough (load above what one thread can ship), the outbox is overdue and
+each request ships one queued original itself before it answers
+(backpressure), so under sustained load nothing waits much longer than the
+limit, and requests slow down to the pace of the store. It also wakes every
 `poll_seconds` for originals left by a crashed process or another web host.
 """
 
@@ -47,7 +50,7 @@ class UploadShipper:
         quiet_seconds: float = 0.2,
         max_delay_seconds: float = 30.0,
         poll_seconds: float = 5.0,
-        batch: int = 32,
+        batch: int = 8,  # at most 8 originals (up to 5 MB each by default) in memory at once
         failures: Counter | None = None,
     ):
         self.bucket = bucket
@@ -58,6 +61,8 @@ class UploadShipper:
         self.batch = batch
         self.failures = failures
         self.last_error: str | None = None
+        # The oldest queued original has waited max_delay_seconds (see help_when_overdue).
+        self.overdue = False
         # A session of its own: boto3's default session keeps the first credentials it
         # found for the life of the process, whatever the environment says later.
         self.s3 = boto3.session.Session().client(
@@ -105,13 +110,25 @@ class UploadShipper:
             count = self.ship_batch()
             shipped += count
             if count < self.batch:
+                self.overdue = False
                 break
         return shipped
 
-    def ship_batch(self) -> int:
+    def help_when_overdue(self) -> None:
+        """Called by each request after its insert: ship one original when the outbox is behind.
+
+        Not while the store fails (the shipper's last try): an outage must not slow requests.
+        """
+        if self.overdue and self.last_error is None:
+            try:
+                self.ship_batch(limit=1)
+            except Exception as error:
+                log.warning("shipping an overdue original failed (it stays queued): %s", error)
+
+    def ship_batch(self, limit: int | None = None) -> int:
         """Copy the oldest queued originals to the bucket and drop them from the outbox."""
         with self.pool.connection() as conn, conn.transaction():
-            batch = uploads.take_originals(conn, self.batch)
+            batch = uploads.take_originals(conn, limit or self.batch)
             for original in batch:
                 self.s3.put_object(
                     Bucket=self.bucket,
@@ -127,6 +144,8 @@ class UploadShipper:
         with self.pool.connection() as conn:
             ages = uploads.outbox_ages(conn)
         if ages is None:
+            self.overdue = False
             return False
         oldest, newest = ages
-        return newest < self.quiet_seconds and oldest < self.max_delay_seconds
+        self.overdue = oldest >= self.max_delay_seconds
+        return newest < self.quiet_seconds and not self.overdue
