@@ -11,9 +11,9 @@ outbox is younger than `quiet_seconds`, whichever web process or host took
 it) it waits, unless the oldest queued original has waited
 `max_delay_seconds`; then it ships the oldest batch by batch. When that is
 not enough (load above what one thread can ship), the outbox is overdue and
-each request ships one queued original itself before it answers
-(backpressure), so under sustained load nothing waits much longer than the
-limit, and requests slow down to the pace of the store. It also wakes every
+each request ships two queued originals itself before it answers
+(backpressure: its own share and one of the backlog), so the backlog shrinks
+while load goes on, and requests slow down to the pace of the store. It also wakes every
 `poll_seconds` for originals left by a crashed process or another web host.
 """
 
@@ -115,15 +115,15 @@ class UploadShipper:
         return shipped
 
     def help_when_overdue(self) -> None:
-        """Called by each request after its insert: ship one original when the outbox is behind.
+        """Called by each request after its insert: ship two originals when the outbox is behind.
 
         Not while the store fails (the shipper's last try): an outage must not slow requests.
         """
         if self.overdue and self.last_error is None:
             try:
-                self.ship_batch(limit=1)
+                self.ship_batch(limit=2)
             except Exception as error:
-                log.warning("shipping an overdue original failed (it stays queued): %s", error)
+                log.warning("shipping overdue originals failed (they stay queued): %s", error)
 
     def ship_batch(self, limit: int | None = None) -> int:
         """Copy the oldest queued originals to the bucket and drop them from the outbox."""
