@@ -94,11 +94,15 @@ class UploadShipper:
             try:
                 self.drain()
             except Exception as error:  # the store or the database is down: retry later
-                if self.failures is not None:
-                    self.failures.inc()
-                self.last_error = f"{error.__class__.__name__}: {str(error)[:200]}"
-                log.warning("shipping originals failed (they stay queued): %s", self.last_error)
+                self._failed(error)
                 self._stop.wait(self.poll_seconds)
+
+    def _failed(self, error: Exception) -> None:
+        """Count and log; requests stop helping until the shipper's next success."""
+        if self.failures is not None:
+            self.failures.inc()
+        self.last_error = f"{error.__class__.__name__}: {str(error)[:200]}"
+        log.warning("shipping originals failed (they stay queued): %s", self.last_error)
 
     def drain(self) -> int:
         """Ship queued originals until none is left; wait while a burst is on. Returns how many."""
@@ -123,7 +127,7 @@ class UploadShipper:
             try:
                 self.ship_batch(limit=2)
             except Exception as error:
-                log.warning("shipping overdue originals failed (they stay queued): %s", error)
+                self._failed(error)
 
     def ship_batch(self, limit: int | None = None) -> int:
         """Copy the oldest queued originals to the bucket and drop them from the outbox."""
