@@ -33,7 +33,7 @@ def readyz():
 @ops.get("/metrics")
 def metrics():
     with state().pool.connection() as conn:
-        waiting, oldest, _ = uploads.originals_waiting(conn)
+        waiting, oldest = uploads.originals_waiting(conn)
     state().metrics.originals_waiting.set(waiting)
     state().metrics.originals_oldest.set(oldest or 0)
     return Response(generate_latest(state().metrics.exposition), mimetype=CONTENT_TYPE_LATEST)

@@ -194,13 +194,12 @@ def forget_originals(conn: psycopg.Connection, upload_ids: Sequence[int]) -> Non
     conn.execute("DELETE FROM upload_originals WHERE upload_id = ANY(%s)", (list(upload_ids),))
 
 
-def originals_waiting(conn: psycopg.Connection) -> tuple[int, float | None, float | None]:
-    """How many originals wait for the object store, and the oldest and newest one's age (s)."""
-    count, oldest, newest = conn.execute(
-        "SELECT count(*), extract(epoch FROM now() - min(queued_at))::float8,"
-        " extract(epoch FROM now() - max(queued_at))::float8 FROM upload_originals"
+def originals_waiting(conn: psycopg.Connection) -> tuple[int, float | None]:
+    """How many originals wait for the object store, and the oldest one's age in seconds."""
+    count, oldest = conn.execute(
+        "SELECT count(*), extract(epoch FROM now() - min(queued_at))::float8 FROM upload_originals"
     ).fetchone()
-    return count, oldest, newest
+    return count, oldest
 
 
 def outbox_ages(conn: psycopg.Connection) -> tuple[float, float] | None:
