@@ -7,6 +7,7 @@ ROOT := $(CURDIR)
 VENV := $(ROOT)/.venv
 DEV_VENV := $(ROOT)/.venv-dev
 export MLOPS_CACHE_DIR ?= $(ROOT)/.cache
+LOGS := $(MLOPS_CACHE_DIR)/logs
 # Debian release of the test hosts: bookworm (CI) or trixie.
 export MLOPS_TEST_RELEASE ?= bookworm
 export PATH := $(VENV)/bin:$(PATH)
@@ -40,7 +41,7 @@ venv: ## Controller virtualenv (ansible, molecule, linters, pytest)
 
 .PHONY: venv-dev
 venv-dev: venv ## Development virtualenv: flows, web app, MLflow and Prefect servers, torch, test tools
-	@tools/bootstrap-venv $(DEV_VENV) requirements/dev.txt -e flows -e serving
+	@tools/bootstrap-venv $(DEV_VENV) requirements/dev.txt -e serving/uploads -e flows -e serving
 	@tools/ensure-dev-packages
 
 .PHONY: docker
@@ -60,8 +61,19 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 
 .PHONY: pytest
 pytest: venv venv-dev ## Unit and integration tests (the flows and the web app against real services)
+	@mkdir -p $(LOGS)
+	pytest tests --junitxml=$(LOGS)/pytest-repository.xml
+	$(DEV_VENV)/bin/pytest flows/tests serving/tests --junitxml=$(LOGS)/pytest-platform.xml --durations=10
+
+# The inner loop: what needs no running platform service and no big scenario.
+QUICK_SCENARIOS := roles/binary_install roles/postgresql
+
+.PHONY: test-quick
+test-quick: venv venv-dev docker ## Lint, the unit tests and the smallest scenarios (a few minutes)
+	@$(MAKE) --no-print-directory lint
 	pytest tests
-	$(DEV_VENV)/bin/pytest flows/tests serving/tests
+	$(DEV_VENV)/bin/pytest flows/tests serving/tests -m "not services"
+	@for scenario in $(QUICK_SCENARIOS); do tools/molecule-test "$$scenario"; done
 
 .PHONY: wheelhouse
 wheelhouse: venv-dev ## PyTorch wheels for test hosts that cannot reach PyTorch's index

@@ -17,6 +17,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "tools"))
 
 
+def pytest_collection_modifyitems(items):
+    """Mark the tests that need the running services (`make test-quick` leaves them out)."""
+    for item in items:
+        if "services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def services():
     from test_services import Services

@@ -30,12 +30,13 @@ def test_requirements_yml_pins_the_collections_the_venv_carries():
 # Roles without a host of their own to converge, and where their behaviour is tested.
 TESTED_ELSEWHERE = {
     "mlops": "tests/test_inventory_validation.py",
-    "python_app": "molecule/server/molecule.yml",
-    "mlflow": "molecule/server/molecule.yml",
-    "prefect_server": "molecule/server/molecule.yml",
-    "data_repo": "molecule/worker/molecule.yml",
-    "prefect_worker": "molecule/worker/molecule.yml",
-    "serving": "molecule/web/molecule.yml",
+    "python_app": "molecule/cluster/molecule.yml",
+    "mlflow": "molecule/cluster/molecule.yml",
+    "prefect_server": "molecule/cluster/molecule.yml",
+    "data_repo": "molecule/cluster/molecule.yml",
+    "prefect_worker": "molecule/cluster/molecule.yml",
+    "service": "roles/seaweedfs/molecule/default/molecule.yml",
+    "serving": "molecule/cluster/molecule.yml",
 }
 
 
@@ -92,6 +93,7 @@ def test_every_lock_agrees_on_the_versions_of_shared_packages():
 
 
 def test_the_workers_install_the_torch_the_flows_are_locked_with():
+    """One definition: the workers install flows/requirements-torch.in, pinned like the locks."""
     wanted = [
         line.strip()
         for line in (ROOT / "flows" / "requirements-torch.in").read_text().splitlines()
@@ -100,8 +102,25 @@ def test_the_workers_install_the_torch_the_flows_are_locked_with():
     defaults = yaml.safe_load(
         (ROOT / "roles" / "prefect_worker" / "defaults" / "main.yml").read_text()
     )
-    assert defaults["prefect_worker_torch_packages"] == wanted
+    role = ROOT / "roles" / "prefect_worker"
+    assert (role / defaults["prefect_worker_torch_requirements"]).resolve() == (
+        ROOT / "flows" / "requirements-torch.in"
+    )
     platform = pins(ROOT / "requirements" / "platform.txt")
+    flows = (ROOT / "flows" / "pyproject.toml").read_text()
     for requirement in wanted:
         name, version = requirement.split("==")
         assert platform[name] == version
+        assert f'"{requirement}"' in flows, f"flows/pyproject.toml does not pin {requirement}"
+
+
+def test_the_server_roles_take_their_versions_from_their_locks():
+    """mlflow_version and prefect_server_version are read from the locks, never written twice."""
+    for role, package in (("mlflow", "mlflow"), ("prefect_server", "prefect")):
+        folder = ROOT / "roles" / role
+        defaults = yaml.safe_load((folder / "defaults" / "main.yml").read_text())
+        assert f"{role}_version" not in defaults, f"{role}: a version beside its lock"
+        derived = (folder / "vars" / "main.yml").read_text()
+        assert f"{role}_version:" in derived and f"{role}_requirements" in derived
+        lock = folder / defaults[f"{role}_requirements"]
+        assert pins(lock)[package], f"{lock} pins no {package}"

@@ -34,19 +34,26 @@ from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MLOPS_CACHE_DIR", ROOT / ".cache"))
 DEV_BIN = Path(os.environ.get("MLOPS_DEV_VENV", ROOT / ".venv-dev")) / "bin"
 CONTROLLER_BIN = ROOT / ".venv" / "bin"
-BUCKETS = {"mlflow": "mlflow-artifacts", "dvc": "dvc-store", "uploads": "web-uploads"}
-# The same grants the roles give (roles/mlops/defaults/main.yml).
-S3_GRANTS = {
-    "mlflow": {"read_write": ["mlflow"], "read": []},
-    "worker": {"read_write": ["dvc"], "read": []},
-    "web": {"read_write": ["uploads"], "read": []},
+# The buckets, grants and work pool the roles deploy: read from the platform's
+# contract (roles/mlops/defaults/main.yml), not copied.
+CONTRACT = yaml.safe_load((ROOT / "roles" / "mlops" / "defaults" / "main.yml").read_text())
+BUCKETS = CONTRACT["mlops_buckets"]
+S3_GRANTS = CONTRACT["mlops_s3_grants"]
+S3_ACTIONS = {
+    "read_write": ("Read", "Write", "List", "Tagging"),
+    "read": ("Read", "List"),
+    "write": ("Write",),
 }
-DATABASES = {"mlflow": "mlflow", "prefect": "prefect", "mlops": "mlops_web"}
-WORK_POOL = "cpu-pool"
+WORK_POOL = CONTRACT["mlops_prefect_work_pools"][0]
+# Database: owner (and the users that may connect), as the postgresql role creates them.
+DATABASES = {"mlflow": "mlflow", "prefect": "prefect", "mlops": "mlops_owner"}
+USERS = ("mlflow", "prefect", "mlops_owner", "mlops_web", "mlops_worker")
 
 
 def free_port() -> int:
@@ -109,6 +116,7 @@ class Services:
             for name, step in (
                 ("postgresql", self.start_postgresql),
                 ("seaweedfs", self.start_seaweedfs),
+                ("uploads_schema", self.migrate_uploads),
                 ("data_repo", self.create_data_repo),
             ):
                 started = time.monotonic()
@@ -235,7 +243,7 @@ class Services:
                 "start",
             ]
         )
-        passwords = {user: token() for user in ("mlflow", "prefect", "mlops_web", "mlops_worker")}
+        passwords = {user: token() for user in USERS}
         self.info["postgresql"] = {
             "bin": bin_dir,
             "data": str(data),
@@ -305,21 +313,20 @@ class Services:
         data.mkdir(exist_ok=True)
         keys = {
             identity: {"access_key": token(20).upper(), "secret_key": token(40)}
-            for identity in S3_GRANTS
+            for identity in [*S3_GRANTS, "admin"]
         }
+        # As the seaweedfs role writes them: an admin, and each service's grants.
         identities = [
             {
                 "name": identity,
                 "credentials": [{"accessKey": k["access_key"], "secretKey": k["secret_key"]}],
-                "actions": [
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+                if identity == "admin"
+                else [
                     f"{action}:{BUCKETS[purpose]}"
-                    for purpose in S3_GRANTS[identity]["read_write"]
-                    for action in ("Read", "Write", "List", "Tagging")
-                ]
-                + [
-                    f"{action}:{BUCKETS[purpose]}"
-                    for purpose in S3_GRANTS[identity]["read"]
-                    for action in ("Read", "List")
+                    for level, actions in S3_ACTIONS.items()
+                    for purpose in S3_GRANTS[identity].get(level, [])
+                    for action in actions
                 ],
             }
             for identity, k in keys.items()
@@ -375,6 +382,15 @@ class Services:
             "keys": keys,
         }
 
+    def migrate_uploads(self) -> None:
+        """The uploads table's migrations, as the database owner (as the serving role does)."""
+        subprocess.run(
+            [str(DEV_BIN / "mlops-uploads"), "migrate"],
+            env={**os.environ, "MLOPS_DATABASE_URL": self.database_url("mlops_owner", "mlops")},
+            check=True,
+            capture_output=True,
+        )
+
     # --- dataset metadata repository ------------------------------------
     def create_data_repo(self) -> None:
         repo = self.state / "data.git"
@@ -421,6 +437,8 @@ class Services:
                 "AWS_SECRET_ACCESS_KEY": s3["keys"]["mlflow"]["secret_key"],
                 "AWS_DEFAULT_REGION": s3["region"],
                 "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                # Job-execution consumers: the platform uses no MLflow server jobs.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": token(48),
             },
@@ -512,6 +530,15 @@ class Services:
         )
 
     # --- what clients get -------------------------------------------------
+    def s3_admin(self) -> dict[str, str]:
+        """The object store's admin keys (tests read what no service may read back)."""
+        s3 = self.info["s3"]
+        return {"endpoint": s3["endpoint"], "region": s3["region"], **s3["keys"]["admin"]}
+
+    def owner_database_url(self) -> str:
+        """The uploads database as its owner (what runs the migrations)."""
+        return self.database_url("mlops_owner", "mlops")
+
     def client_env(self, identity: str = "worker") -> dict[str, str]:
         """The environment a worker (or the web app) runs with, as the roles write it."""
         s3 = self.info["s3"]

@@ -153,23 +153,21 @@ def confirmed_uploads(services, count: int) -> list[str]:
 
     Their originals stay in the web app's outbox: the retrain flow reads the rows only.
     """
-    from mlops_serving import uploads
+    from mlops_uploads import web as uploads
 
     env = services.client_env("web")
     rng = np.random.default_rng(count)
     names = []
     with psycopg.connect(env["MLOPS_DATABASE_URL"], autocommit=True) as conn:
-        uploads.migrate(conn)
         for i in range(count):
             pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
             buffer = io.BytesIO()
             Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
             body = buffer.getvalue()
             sha = hashlib.sha256(body).hexdigest()
-            key = uploads.object_key(sha, "png")
-            upload_id = uploads.insert(
+            public_id = uploads.insert(
                 conn,
-                key=key,
+                key=f"uploads/{sha[:2]}/{sha}.png",
                 sha256=sha,
                 content_type="image/png",
                 original=body,
@@ -177,9 +175,14 @@ def confirmed_uploads(services, count: int) -> list[str]:
                 predicted_label=i % 10,
                 probabilities=[0.1] * 10,
                 model_version="1",
+                feedback_token=f"token-{i}",
             )
-            uploads.set_feedback(conn, upload_id, (i + 1) % 10)
-            assert uploads.review(conn, upload_id, "confirm", reviewer="pytest")
+            label = (i + 1) % 10
+            assert (
+                uploads.set_feedback(conn, public_id, f"token-{i}", label) is uploads.Outcome.DONE
+            )
+            outcome = uploads.review(conn, public_id, "confirm", "pytest", seen_label=label)
+            assert outcome is uploads.Outcome.DONE
             names.append(f"upload-{sha[:16]}.png")
     return names
 
@@ -234,3 +237,55 @@ def test_two_publishers_cannot_both_create_the_same_version(worker_env, tmp_path
         thread.join()
     assert not errors, errors
     assert sorted(results.values()) == ["data-v4", "data-v5"]
+
+
+def test_retrain_claims_its_rows_and_holds_no_lock_while_it_publishes(
+    worker_env, services, monkeypatch
+):
+    """Reviews and feedback never wait on a retrain that spends minutes in git and DVC."""
+    from mlops_flows import flows
+    from mlops_uploads import web as uploads
+    from prefect.logging import disable_run_logger
+
+    confirmed_uploads(services, 3)
+    publishing, finish = threading.Event(), threading.Event()
+    real_publish = DataRepo.publish
+
+    def slow_publish(self, build, **kwargs):
+        publishing.set()
+        finish.wait(120)
+        return real_publish(self, build, **kwargs)
+
+    monkeypatch.setattr(DataRepo, "publish", slow_publish)
+    outcome: dict = {}
+
+    def retrain_publish() -> None:
+        with disable_run_logger():
+            outcome.update(flows.publish_uploads.fn(Settings.from_env()))
+
+    thread = threading.Thread(target=retrain_publish)
+    thread.start()
+    try:
+        assert publishing.wait(120), "the flow never reached publishing"
+        web = services.client_env("web")["MLOPS_DATABASE_URL"]
+        with psycopg.connect(web, autocommit=True, options="-c lock_timeout=10s") as conn:
+            claimed = conn.execute(
+                "SELECT public_id::text, reviewed_label FROM uploads WHERE claimed_by IS NOT NULL"
+            ).fetchall()
+            assert len(claimed) == 3
+            started = time.monotonic()
+            refused = uploads.review(conn, claimed[0][0], "reject", "pytest", claimed[0][1])
+            seconds = time.monotonic() - started
+    finally:
+        finish.set()
+        thread.join(timeout=300)
+    print(f"\na review of a claimed upload was refused in {seconds * 1000:.0f} ms")
+    assert refused is uploads.Outcome.CHANGED
+    assert seconds < 1, "the review waited on the retrain flow"
+    assert outcome["uploads"] == 3 and outcome["created"]
+    with psycopg.connect(web) as conn:
+        left = conn.execute("SELECT count(*) FROM uploads WHERE claimed_by IS NOT NULL").fetchone()
+        used = conn.execute(
+            "SELECT count(*) FROM uploads WHERE used_in_version = %s", (outcome["data_version"],)
+        ).fetchone()
+    assert left[0] == 0 and used[0] == 3

@@ -2,12 +2,13 @@
 
     python closed_loop.py train        a train deployment run; the version holding the alias
     python closed_loop.py serve        the web app serves that version; >= 95 % of 200
-                                       held-out test images right; 50 get feedback, confirmed
+                                       held-out test images right; 50 get feedback, confirmed;
+                                       every original reaches the bucket, none failed
     python closed_loop.py retrain      a retrain deployment run: data-v3 with those 50, a
                                        new model version
     python closed_loop.py follow       the web app serves the version holding the alias within 30 s
 
-The spec (URLs, credentials, state file) comes on stdin as JSON; each step
+The spec (URLs, credentials, a state folder) comes on stdin as JSON; each step
 prints one JSON line and exits 1 when its check failed. Runs with the
 development venv's Python (the held-out images are the platform's own test
 split, built here exactly as the workers built it).
@@ -34,8 +35,8 @@ def setup(spec: dict) -> None:
     os.environ["PREFECT_API_AUTH_STRING"] = spec["prefect_auth_string"]
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-closed-loop-"))
     os.environ["MLFLOW_TRACKING_URI"] = spec["mlflow_url"]
-    os.environ["MLFLOW_TRACKING_USERNAME"] = spec["mlflow"]["username"]
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = spec["mlflow"]["password"]
+    os.environ["MLFLOW_TRACKING_USERNAME"] = spec["mlflow"]["worker"]["username"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = spec["mlflow"]["worker"]["password"]
 
 
 def production():
@@ -99,9 +100,28 @@ def step_train(spec: dict, state: dict) -> dict:
     }
 
 
+def metric(web: str, name: str) -> float:
+    """A sample of the web app's /metrics (summed over its waitress processes); 0 when absent."""
+    for line in requests.get(f"{web}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def outbox_drained(web: str, timeout: float) -> float | None:
+    """Seconds until no upload's original waits for the object store any more."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if metric(web, "mlops_upload_originals_waiting") == 0:
+            return time.monotonic() - started
+        time.sleep(1)
+    return None
+
+
 def step_serve(spec: dict, state: dict) -> dict:
     web = spec["web_url"]
     waited = wait_served(web, state["first_version"], 60)
+    failures_before = metric(web, "mlops_upload_store_failures_total")
     images = held_out_images()
     correct, uploads = 0, []
     for data, label in images:
@@ -126,12 +146,26 @@ def step_serve(spec: dict, state: dict) -> dict:
         confirmed += review.status_code == 200 and review.json()["review_status"] == "confirmed"
     state["confirmed_ids"] = [upload_id for upload_id, _ in uploads[:CONFIRMED]]
     accuracy = correct / len(images)
+    # Every original leaves the outbox for the uploads bucket, and shipping never failed.
+    drained = outbox_drained(web, 60)
+    failures = metric(web, "mlops_upload_store_failures_total") - failures_before
+    predictions = metric(
+        web, 'mlops_http_requests_total{endpoint="/api/v1/predict",method="POST",status="200"}'
+    )
     return {
-        "ok": waited is not None and accuracy >= 0.95 and confirmed == CONFIRMED,
+        "ok": waited is not None
+        and accuracy >= 0.95
+        and confirmed == CONFIRMED
+        and drained is not None
+        and failures == 0
+        and predictions >= len(images),
         "served_after_s": None if waited is None else round(waited, 1),
         "accuracy_on_held_out": accuracy,
         "images": len(images),
         "confirmed": confirmed,
+        "outbox_drained_after_s": None if drained is None else round(drained, 1),
+        "store_failures": failures,
+        "predictions_counted": predictions,
     }
 
 
@@ -170,7 +204,7 @@ def step_follow(spec: dict, state: dict) -> dict:
 def main(argv: list[str]) -> int:
     spec = json.load(sys.stdin)
     setup(spec)
-    state_file = Path(spec["state_file"])
+    state_file = Path(spec["state_dir"]) / "closed-loop.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     steps = {
         "train": step_train,

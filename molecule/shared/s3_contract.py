@@ -2,8 +2,10 @@
 
 Both object store backends (MinIO, SeaweedFS) must behave the same for the
 platform's clients: each service identity may read and write its buckets,
-only read the buckets it reads, and is denied everywhere else; anonymous
-requests are denied; the S3 features MLflow, DVC and boto3 use work. The
+only read the buckets it reads, only put into the buckets it writes (the web
+app's uploads: it never reads them back), and is denied everywhere else;
+anonymous requests are denied; the S3 features MLflow, DVC and boto3 use work.
+Seeds and markers are written and read with the admin keys. The
 molecule scenarios of both roles run this script in their verify step.
 
 Usage (the spec, with the keys, comes on stdin as JSON):
@@ -12,8 +14,9 @@ Usage (the spec, with the keys, comes on stdin as JSON):
     python s3_contract.py read-markers   the markers are still there
 
 Spec: {"endpoint": ..., "region": ..., "buckets": {purpose: name},
-       "grants": {identity: {"read_write": [purpose], "read": [purpose]}},
+       "grants": {identity: {"read_write": [...], "read": [...], "write": [...]}},
        "credentials": {identity: {"access_key": ..., "secret_key": ...}},
+       "admin": {"access_key": ..., "secret_key": ...},
        "state_file": path for the markers}
 """
 
@@ -34,6 +37,7 @@ from botocore.exceptions import ClientError
 
 DENIED = {"AccessDenied", "403", "Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
 MULTIPART_SIZE = 20 * 1024 * 1024
+ADMIN = "admin"
 PART_SIZE = 5 * 1024 * 1024
 
 
@@ -50,7 +54,7 @@ class Contract:
             return boto3.client(
                 "s3", config=config.merge(Config(signature_version=UNSIGNED)), **options
             )
-        keys = self.spec["credentials"][identity]
+        keys = self.spec["admin"] if identity == ADMIN else self.spec["credentials"][identity]
         return boto3.client(
             "s3",
             aws_access_key_id=keys["access_key"],
@@ -83,29 +87,30 @@ class Contract:
     def access_matrix(self) -> None:
         buckets = self.spec["buckets"]
         grants = self.spec["grants"]
-        # Seed one object per bucket (by an identity that may write it) for the read checks.
+        admin = self.client(ADMIN)
+        # Seed one object per bucket for the read checks.
         seeded = {}
-        for identity, grant in grants.items():
-            for purpose in grant.get("read_write", []):
-                key = f"contract/seed-{uuid.uuid4().hex}.txt"
-                self.expect(
-                    f"{identity} seeds {buckets[purpose]}",
-                    True,
-                    self.client(identity).put_object,
-                    Bucket=buckets[purpose],
-                    Key=key,
-                    Body=b"seed",
-                )
-                seeded[purpose] = key
+        for purpose, bucket in buckets.items():
+            key = f"contract/seed-{uuid.uuid4().hex}.txt"
+            self.expect(
+                f"admin seeds {bucket}",
+                True,
+                admin.put_object,
+                Bucket=bucket,
+                Key=key,
+                Body=b"seed",
+            )
+            seeded[purpose] = key
         for identity, grant in grants.items():
             client = self.client(identity)
             for purpose, bucket in buckets.items():
-                may_write = purpose in grant.get("read_write", [])
-                may_read = may_write or purpose in grant.get("read", [])
+                may_change = purpose in grant.get("read_write", [])
+                may_put = may_change or purpose in grant.get("write", [])
+                may_read = may_change or purpose in grant.get("read", [])
                 label = f"{identity} on {bucket}"
                 key = f"contract/{identity}-{uuid.uuid4().hex}.txt"
                 self.expect(
-                    f"{label}: put", may_write, client.put_object, Bucket=bucket, Key=key, Body=b"x"
+                    f"{label}: put", may_put, client.put_object, Bucket=bucket, Key=key, Body=b"x"
                 )
                 self.expect(
                     f"{label}: list",
@@ -114,20 +119,17 @@ class Contract:
                     Bucket=bucket,
                     Prefix="contract/",
                 )
-                if purpose in seeded:
-                    got = self.expect(
-                        f"{label}: get",
-                        may_read,
-                        client.get_object,
-                        Bucket=bucket,
-                        Key=seeded[purpose],
-                    )
-                    if got is not None and got["Body"].read() != b"seed":
-                        self.failures.append(f"{label}: get returned other content")
-                if may_write:
+                got = self.expect(
+                    f"{label}: get", may_read, client.get_object, Bucket=bucket, Key=seeded[purpose]
+                )
+                if got is not None and got["Body"].read() != b"seed":
+                    self.failures.append(f"{label}: get returned other content")
+                if may_change:
                     self.expect(
                         f"{label}: delete", True, client.delete_object, Bucket=bucket, Key=key
                     )
+                elif may_put:
+                    admin.delete_object(Bucket=bucket, Key=key)
         anonymous = self.client(None)
         for purpose, bucket in buckets.items():
             self.expect(f"anonymous list {bucket}", False, anonymous.list_objects_v2, Bucket=bucket)
@@ -139,18 +141,16 @@ class Contract:
                 Key="anon",
                 Body=b"x",
             )
-            if purpose in seeded:
-                self.expect(
-                    f"anonymous get {bucket}",
-                    False,
-                    anonymous.get_object,
-                    Bucket=bucket,
-                    Key=seeded[purpose],
-                )
+            self.expect(
+                f"anonymous get {bucket}",
+                False,
+                anonymous.get_object,
+                Bucket=bucket,
+                Key=seeded[purpose],
+            )
         self.expect("anonymous list buckets", False, anonymous.list_buckets)
         for purpose, key in seeded.items():
-            owner = next(i for i, g in grants.items() if purpose in g.get("read_write", []))
-            self.client(owner).delete_object(Bucket=buckets[purpose], Key=key)
+            admin.delete_object(Bucket=buckets[purpose], Key=key)
 
     def s3_features(self) -> dict:
         """Multipart upload, prefix listing and delete, as MLflow, DVC and boto3 use them."""
@@ -211,14 +211,12 @@ class Contract:
 
     def write_markers(self) -> None:
         markers = {}
-        for identity, grant in self.spec["grants"].items():
-            for purpose in grant.get("read_write", []):
-                bucket = self.spec["buckets"][purpose]
-                nonce = uuid.uuid4().hex
-                self.client(identity).put_object(
-                    Bucket=bucket, Key="persist/marker.txt", Body=nonce.encode()
-                )
-                markers[bucket] = {"identity": identity, "nonce": nonce}
+        for bucket in self.spec["buckets"].values():
+            nonce = uuid.uuid4().hex
+            self.client(ADMIN).put_object(
+                Bucket=bucket, Key="persist/marker.txt", Body=nonce.encode()
+            )
+            markers[bucket] = nonce
         with open(self.spec["state_file"], "w") as handle:
             json.dump(markers, handle)
         self.passed += len(markers)
@@ -226,16 +224,15 @@ class Contract:
     def read_markers(self) -> None:
         with open(self.spec["state_file"]) as handle:
             markers = json.load(handle)
-        for bucket, marker in markers.items():
-            client = self.client(marker["identity"])
+        for bucket, nonce in markers.items():
             got = self.expect(
                 f"marker in {bucket}",
                 True,
-                client.get_object,
+                self.client(ADMIN).get_object,
                 Bucket=bucket,
                 Key="persist/marker.txt",
             )
-            if got is not None and got["Body"].read().decode() != marker["nonce"]:
+            if got is not None and got["Body"].read().decode() != nonce:
                 self.failures.append(f"marker in {bucket} changed")
 
 

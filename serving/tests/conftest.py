@@ -15,8 +15,7 @@ def web(services, production_model, tmp_path_factory):
     app = start_web(services, tmp_path_factory.mktemp("web"), MLOPS_WEB_PROCESSES="2")
     wait_ready(app)
     yield app
-    app.process.terminate()
-    app.process.wait(timeout=30)
+    app.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
+import re
 import struct
+import time
 import zlib
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from mlops_serving import uploads
+from mlops_uploads import object_key
 from PIL import Image
 from webapp import bucket, outbox_empty
 
 
-def stored(web) -> tuple[int, int]:
+def stored(web, services) -> tuple[int, int]:
     """Rows in the uploads table and objects in the uploads bucket, once the outbox is empty."""
     outbox_empty(web.env)
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         rows = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
     objects = sum(
         page.get("KeyCount", 0)
-        for page in bucket(web.env).get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
+        for page in bucket(services).get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
     )
     return rows, objects
+
+
+def fresh(data: bytes, tag: str) -> bytes:
+    """The same image under a new content address (a PNG ignores what follows its end)."""
+    return data + tag.encode()
 
 
 def test_the_test_set_through_the_api_scores_the_models_own_accuracy(
@@ -32,9 +41,7 @@ def test_the_test_set_through_the_api_scores_the_models_own_accuracy(
 ):
     correct = 0
     for data, label in test_images:
-        answer = web.post("/api/v1/predict", files={"file": ("digit.png", data, "image/png")})
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
+        body = web.predict(data)
         assert body["model_version"] == production_model.version
         assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-3
         correct += body["digit"] == label
@@ -47,75 +54,138 @@ def test_the_test_set_through_the_api_scores_the_models_own_accuracy(
     assert abs(accuracy - registered) <= 0.005
 
 
-def test_predict_accepts_base64_json_and_feedback_is_recorded(web, test_images):
+def test_predict_accepts_base64_json_and_only_the_uploader_gives_feedback(
+    web, services, test_images
+):
     data, label = test_images[0]
-    # A fresh file: one byte more (a PNG ignores what follows its end), so its key is new.
-    data += b"\0"
-    before = stored(web)
+    data = fresh(data, "base64")
+    before = stored(web, services)
     answer = web.post("/api/v1/predict", json={"image": base64.b64encode(data).decode()})
     assert answer.status_code == 200, answer.text
-    upload_id = answer.json()["upload_id"]
+    prediction = answer.json()
+    upload_id, token = prediction["upload_id"], prediction["feedback_token"]
     # One row (holding the 28x28 input the model saw) and, once shipped, one object: the
     # original, under its content address.
-    assert stored(web) == (before[0] + 1, before[1] + 1)
-    key = uploads.object_key(hashlib.sha256(data).hexdigest(), "png")
-    assert bucket(web.env).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
+    assert stored(web, services) == (before[0] + 1, before[1] + 1)
+    key = object_key(hashlib.sha256(data).hexdigest(), "png")
+    assert bucket(services).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         model_input = conn.execute(
-            "SELECT model_input FROM uploads WHERE id = %s", (upload_id,)
+            "SELECT model_input FROM uploads WHERE public_id = %s", (upload_id,)
         ).fetchone()[0]
     seen = Image.open(io.BytesIO(model_input))
     assert (seen.format, seen.size, seen.mode) == ("PNG", (28, 28), "L")
-    assert web.post("/api/v1/feedback", json={"upload_id": upload_id, "label": label}).json() == {
-        "upload_id": upload_id,
-        "user_label": label,
-    }
+
+    feedback = {"upload_id": upload_id, "label": label}
+    assert web.post("/api/v1/feedback", json=feedback).status_code == 400  # no token
+    wrong = web.post("/api/v1/feedback", json={**feedback, "feedback_token": "guessed"})
+    assert wrong.status_code == 403
+    right = web.post("/api/v1/feedback", json={**feedback, "feedback_token": token})
+    assert right.json() == {"upload_id": upload_id, "user_label": label}
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         user_label, status = conn.execute(
-            "SELECT user_label, review_status FROM uploads WHERE id = %s", (upload_id,)
+            "SELECT user_label, review_status FROM uploads WHERE public_id = %s", (upload_id,)
         ).fetchone()
     assert (user_label, status) == (label, "pending")
 
 
-def test_review_api_needs_a_reviewer_and_confirms(web, test_images):
-    data, _ = test_images[1]
-    upload_id = web.post("/api/v1/predict", files={"file": ("d.png", data)}).json()["upload_id"]
-    assert (
-        web.post("/api/v1/review", json={"upload_id": upload_id, "action": "confirm"}).status_code
-        == 401
+def review(web, upload_id: str, action: str, seen: int, **extra):
+    return web.post(
+        "/api/v1/review",
+        json={"upload_id": upload_id, "action": action, "seen_label": seen, **extra},
+        auth=web.reviewer,
     )
+
+
+def test_review_needs_a_reviewer_and_decides_on_what_the_reviewer_saw(web, test_images):
+    prediction = web.predict(fresh(test_images[1][0], "review"))
+    upload_id, predicted = prediction["upload_id"], prediction["digit"]
+    anonymous = web.post(
+        "/api/v1/review",
+        json={"upload_id": upload_id, "action": "confirm", "seen_label": predicted},
+    )
+    assert anonymous.status_code == 401
     wrong = web.post(
         "/api/v1/review",
-        json={"upload_id": upload_id, "action": "confirm"},
+        json={"upload_id": upload_id, "action": "confirm", "seen_label": predicted},
         auth=("reviewer", "nope"),
     )
     assert wrong.status_code == 401
-    answer = web.post(
-        "/api/v1/review",
-        json={"upload_id": upload_id, "action": "correct", "label": 4},
-        auth=web.reviewer,
-    )
+
+    # The reviewer saw the model's label; the uploader then said something else.
+    other = (predicted + 1) % 10
+    web.post(
+        "/api/v1/feedback",
+        json={
+            "upload_id": upload_id,
+            "label": other,
+            "feedback_token": prediction["feedback_token"],
+        },
+    ).raise_for_status()
+    stale = review(web, upload_id, "confirm", seen=predicted)
+    assert stale.status_code == 409 and "changed since you saw it" in stale.json()["error"]
+    assert review(web, upload_id, "correct", seen=other).status_code == 400  # no label
+    answer = review(web, upload_id, "correct", seen=other, label=4)
     assert answer.json() == {
         "upload_id": upload_id,
         "review_status": "corrected",
         "reviewed_label": 4,
     }
+    # A decision stands against the uploader's later feedback.
+    late = web.post(
+        "/api/v1/feedback",
+        json={"upload_id": upload_id, "label": 2, "feedback_token": prediction["feedback_token"]},
+    )
+    assert late.status_code == 409
 
 
-def test_probes_and_metrics(web, production_model):
+def test_upload_ids_cannot_be_guessed(web, test_images):
+    prediction = web.predict(fresh(test_images[2][0], "ids"))
+    public_id = prediction["upload_id"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", public_id)
+    assert web.get(f"/result/{public_id}").status_code == 200
+    assert web.get(f"/uploads/{public_id}/28x28.png").status_code == 200
+    for guess in ("1", "2", "00000000-0000-4000-8000-000000000000"):
+        assert web.get(f"/result/{guess}").status_code == 404
+        assert web.get(f"/uploads/{guess}/28x28.png").status_code == 404
+
+
+def test_probes_say_what_state_the_app_is_in_and_nothing_internal(web, production_model):
     assert web.get("/healthz").json() == {"status": "ok"}
     ready = web.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["model_version"] == production_model.version
-    metrics = web.get("/metrics")
-    assert metrics.headers["Content-Type"].startswith("text/plain")
-    text = metrics.text
+    assert ready == {
+        "status": "ready",
+        "model_version": production_model.version,
+        "data_version": production_model.tags["data_version"],
+        "mlflow": "reachable",
+        "database": "ok",
+    }
+    status = web.get("/status").text
+    assert "127.0.0.1" not in status and "Error" not in status
+
+
+def test_metrics_count_requests_with_labels_from_closed_sets(web, production_model):
+    def series() -> set[str]:
+        text = web.get("/metrics").text
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("mlops_")}
+
+    before = series()
+    for i in range(50):
+        conn = http.client.HTTPConnection(urlsplit(web.url).netloc, timeout=10)
+        conn.request(f"INVENT{i}", "/api/v1/predict")
+        conn.getresponse().read()
+        conn.close()
+    new = series() - before
+    assert all('method="other"' in name for name in new), new
+    assert len(new) <= 3, new  # the counter and its created series, at most
+    text = web.get("/metrics").text
     assert (
         'mlops_http_requests_total{endpoint="/api/v1/predict",method="POST",status="200"}' in text
     )
     assert "mlops_http_request_duration_seconds_bucket" in text
     assert "mlops_predictions_total{digit=" in text
     assert f'version="{production_model.version}"' in text
-    assert "mlops_upload_originals_waiting " in text
+    assert "mlops_upload_originals_waiting " in text and "mlops_upload_originals_bytes " in text
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -159,13 +229,13 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
-def test_bad_input_gets_a_4xx_json_error_and_stores_nothing(web, case):
+def test_bad_input_gets_a_4xx_json_error_and_stores_nothing(web, services, case):
     kind, payload, status = BAD_INPUTS[case]
     if payload is None:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (240, 240, 240)).save(buffer, format="PNG")
         payload = buffer.getvalue()
-    before = stored(web)
+    before = stored(web, services)
     if kind == "multipart":
         answer = web.post("/api/v1/predict", files={"file": ("x.png", payload)})
     elif kind == "form-without-file":
@@ -179,19 +249,62 @@ def test_bad_input_gets_a_4xx_json_error_and_stores_nothing(web, case):
     assert answer.status_code == status, answer.text
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.json()["error"]
-    assert stored(web) == before
+    assert stored(web, services) == before
+
+
+def test_a_huge_body_is_refused_without_being_read(web):
+    """waitress stops reading at an upload's size: a chunked body of 600 MB, or a 1 GB claim."""
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        block = b"\0" * (1024 * 1024)
+        for _ in range(600):
+            sent += len(block)
+            yield block
+
+    started = time.monotonic()
+    try:
+        answer = web.post(
+            "/api/v1/predict", data=chunks(), headers={"Content-Type": "application/octet-stream"}
+        )
+        status = answer.status_code
+    except Exception:  # the server closed the connection on the rest of the body
+        status = 413
+    seconds = time.monotonic() - started
+    print(f"\n600 MB chunked body: {status} after {sent / 2**20:.0f} MB sent, {seconds:.2f} s")
+    assert status == 413
+    assert sent < 50 * 1024 * 1024, "the server read far more than an upload can be"
+
+    conn = http.client.HTTPConnection(urlsplit(web.url).netloc, timeout=10)
+    conn.putrequest("POST", "/api/v1/predict")
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", str(2**30))
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
 
 
 def test_feedback_and_review_reject_bad_input(web):
-    assert web.post("/api/v1/feedback", json={"upload_id": "7", "label": 3}).status_code == 400
-    assert web.post("/api/v1/feedback", json={"upload_id": 1, "label": 12}).status_code == 400
-    assert web.post("/api/v1/feedback", json={"upload_id": 10**9, "label": 3}).status_code == 404
+    token = {"feedback_token": "x"}
+    assert (
+        web.post("/api/v1/feedback", json={"upload_id": 7, "label": 3, **token}).status_code == 400
+    )
+    missing = {"upload_id": "00000000-0000-4000-8000-000000000000", "label": 3, **token}
+    assert web.post("/api/v1/feedback", json=missing).status_code == 404
+    assert (
+        web.post("/api/v1/feedback", json={"upload_id": "a", "label": 12, **token}).status_code
+        == 400
+    )
     assert web.post("/api/v1/feedback", data="nope").status_code == 400
-    answer = web.post("/api/v1/review", json={"upload_id": 1, "action": "bless"}, auth=web.reviewer)
-    assert answer.status_code == 400
+    bless = {"upload_id": "a", "action": "bless", "seen_label": 1}
+    assert web.post("/api/v1/review", json=bless, auth=web.reviewer).status_code == 400
+    unseen = {"upload_id": "a", "action": "confirm"}
+    assert web.post("/api/v1/review", json=unseen, auth=web.reviewer).status_code == 400
 
 
-def test_forms_need_a_csrf_token(web):
-    answer = web.post("/feedback/1", data={"label": "3"})
+def test_forms_need_a_csrf_token(web, test_images):
+    public_id = web.predict(fresh(test_images[3][0], "csrf"))["upload_id"]
+    answer = web.post(f"/feedback/{public_id}", data={"label": "3"})
     assert answer.status_code == 400
     assert "form expired" in answer.text

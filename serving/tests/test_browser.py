@@ -54,7 +54,7 @@ def test_upload_predict_feedback_and_review_in_a_browser(
     assert page.locator(".bars li").count() == 3
     assert page.eval_on_selector("#seen", "img => img.complete && img.naturalWidth") == 28
     page.screenshot(path=str(output_dir / "2-result.png"), full_page=True)
-    upload_id = int(page.url.rsplit("/", 1)[1])
+    upload_id = page.url.rsplit("/", 1)[1]
 
     if predicted == label:
         page.click("#correct")

@@ -8,22 +8,17 @@ import threading
 import time
 
 import psycopg
-from mlops_serving import uploads
+from mlops_uploads import object_key
 from webapp import bucket, free_port, outbox_empty, start_web, wait_ready
 
 
-def queued(env: dict) -> list[tuple[int, float]]:
-    """(upload id, seconds waited) of each original in the outbox."""
+def queued(env: dict) -> list[tuple[str, float]]:
+    """(public upload id, seconds waited) of each original in the outbox, oldest first."""
     with psycopg.connect(env["MLOPS_DATABASE_URL"]) as conn:
         return conn.execute(
-            "SELECT upload_id, extract(epoch FROM now() - queued_at)::float8"
-            " FROM upload_originals ORDER BY upload_id"
+            "SELECT u.public_id::text, extract(epoch FROM now() - o.queued_at)::float8"
+            " FROM upload_originals o JOIN uploads u ON u.id = o.upload_id ORDER BY o.upload_id"
         ).fetchall()
-
-
-def stop(web, how: int = signal.SIGTERM) -> None:
-    web.process.send_signal(how)
-    web.process.wait(timeout=30)
 
 
 def test_an_original_waits_out_an_object_store_outage_and_a_crash(
@@ -46,7 +41,7 @@ def test_an_original_waits_out_an_object_store_outage_and_a_crash(
             time.sleep(0.5)
         assert "mlops_upload_originals_waiting 0.0" not in down.get("/metrics").text
     finally:
-        stop(down, signal.SIGKILL)  # a crash, not a clean stop
+        down.stop(signal.SIGKILL)  # a crash, not a clean stop
     assert upload_id in [row[0] for row in queued(down.env)]
 
     # A new process with the store reachable ships what the crashed one left.
@@ -58,10 +53,10 @@ def test_an_original_waits_out_an_object_store_outage_and_a_crash(
             f"\nthe crashed process's original was in the bucket"
             f" {time.monotonic() - started:.1f} s after a new start"
         )
-        key = uploads.object_key(hashlib.sha256(data).hexdigest(), "png")
-        assert bucket(up.env).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
+        key = object_key(hashlib.sha256(data).hexdigest(), "png")
+        assert bucket(services).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
     finally:
-        stop(up)
+        up.stop()
 
 
 def test_under_sustained_load_no_original_waits_much_longer_than_the_limit(
@@ -98,7 +93,7 @@ def test_under_sustained_load_no_original_waits_much_longer_than_the_limit(
         for thread in threads:
             thread.join()
         outbox_empty(web.env)
-        stop(web)
+        web.stop()
     print(
         f"\n{len(statuses)} uploads in {4 * limit} s of load; {shipped_during_load} shipped"
         f" during it; the oldest waited at most {oldest_seen:.1f} s (limit {limit} s)"

@@ -129,3 +129,47 @@ def test_too_many_pixels_is_refused_before_decoding():
     with pytest.raises(ImageRejected) as caught:
         prepare(buffer.getvalue(), max_pixels=1_000_000)
     assert caught.value.status == 413
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_ink_touching_the_border_is_a_digit_not_a_crash():
+    """Both once answered 500: the border's noise estimate swallowed all the ink."""
+    half_black = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(half_black).rectangle([0, 0, 39, 99], fill=0)
+    band_and_stroke = Image.new("L", (200, 200), 255)
+    draw = ImageDraw.Draw(band_and_stroke)
+    draw.rectangle([0, 0, 199, 30], fill=0)
+    draw.line([(100, 30), (100, 190)], fill=0, width=14)
+    for image in (half_black, band_and_stroke):
+        prepared = prepare(png(image))
+        assert prepared.pixels.shape == (28, 28) and prepared.pixels.max() == 255
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    """A dark digit on mid-grey 16-bit paper: clipping at 255 made the whole image white."""
+    pixels = np.full((120, 120), 40000, dtype=np.uint16)
+    pixels[30:90, 55:65] = 8000  # a dark "1"
+    prepared = prepare(png(Image.fromarray(pixels)))
+    eight_bit = pixels // 257
+    reference = prepare(png(Image.fromarray(eight_bit.astype(np.uint8))))
+    assert np.abs(prepared.pixels.astype(int) - reference.pixels.astype(int)).max() <= 2
+    assert prepared.pixels.max() == 255
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_size():
+    from mlops_serving.preprocess import probe
+
+    photo = Image.new("RGB", (4000, 3000), (235, 235, 230))
+    ImageDraw.Draw(photo).line([(2000, 600), (2000, 2400)], fill=(20, 20, 20), width=160)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=85)
+    found = probe(buffer.getvalue(), 25_000_000)
+    # DCT scaling: 1/2 still leaves more than 1024 px on the long side, 1/4 does not.
+    assert found.decode_pixels == 4000 * 3000 // 4
+    prepared = prepare(buffer.getvalue())
+    assert prepared.pixels.max() >= 250

@@ -47,7 +47,8 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
         thread.start()
     saved = worker_environment(services)
     try:
-        time.sleep(3)
+        while len(outcomes) < 50:  # under load before the alias moves
+            time.sleep(0.05)
         client = MlflowClient()
         before = client.get_model_version_by_alias("mnist", "production")
         # A new version of the same weights, moved to production by hand.
@@ -59,7 +60,9 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
             if any(version == new.version for _, _, version in outcomes[-8:]):
                 break
             time.sleep(0.2)
-        time.sleep(2)
+        served_new = len(outcomes)
+        while len(outcomes) < served_new + 50 and time.monotonic() < deadline:
+            time.sleep(0.05)  # and still under load after the switch
     finally:
         stop.set()
         for thread in threads:
@@ -89,8 +92,7 @@ def test_without_a_production_model_pages_say_so_and_the_api_answers_503(service
         assert page.status_code == 200 and 'id="no-model"' in page.text
         assert 'id="no-model"' in app.get("/status").text
     finally:
-        app.process.terminate()
-        app.process.wait(timeout=30)
+        app.stop()
 
 
 def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(

@@ -35,6 +35,17 @@ class WebApp:
     def post(self, path: str, **kwargs) -> requests.Response:
         return requests.post(self.url + path, timeout=30, **kwargs)
 
+    def predict(self, data: bytes) -> dict:
+        answer = self.post("/api/v1/predict", files={"file": ("d.png", data)})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def stop(self, how: int = signal.SIGTERM) -> None:
+        """The app and the waitress processes it forked."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, how)
+            self.process.wait(timeout=30)
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -60,7 +71,7 @@ def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str
     return env, reviewer
 
 
-def start_web(services, tmp_path: Path, threads: int = 8, **overrides) -> WebApp:
+def start_web(services, tmp_path: Path, threads: int = 4, **overrides) -> WebApp:
     tmp_path.mkdir(parents=True, exist_ok=True)
     env, reviewer = web_env(services, tmp_path, **overrides)
     port = free_port()
@@ -114,13 +125,15 @@ def wait_ready(web: WebApp, timeout: float = 60) -> dict:
     raise TimeoutError(f"/readyz never became ready: {web.get('/readyz').text}")
 
 
-def bucket(env: dict):
+def bucket(services):
+    """The uploads bucket with the admin keys: the web app's own identity may only put."""
+    admin = services.s3_admin()
     return boto3.client(
         "s3",
-        endpoint_url=env["MLOPS_S3_ENDPOINT"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
+        endpoint_url=admin["endpoint"],
+        aws_access_key_id=admin["access_key"],
+        aws_secret_access_key=admin["secret_key"],
+        region_name=admin["region"],
     )
 
 

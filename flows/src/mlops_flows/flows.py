@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,8 @@ DEFAULTS = Hyperparameters()
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [5, 20, 60], "cache_policy": NO_CACHE}
 # Past this, an ONNX export does not compute what the PyTorch model computes.
 ONNX_TOLERANCE = 1e-4
+# The uploads table is shared with the web app: never wait long on its locks.
+DB_TIMEOUTS = "-c lock_timeout=5s -c statement_timeout=60s"
 
 
 @task(**IO_RETRIES, timeout_seconds=60)
@@ -174,35 +177,50 @@ def train(
 
 @task(**IO_RETRIES, timeout_seconds=1800)
 def publish_uploads(settings: Settings) -> dict:
-    """Confirmed uploads into a new dataset version; mark them used with it. One transaction."""
+    """Confirmed uploads into a new dataset version, marked used with it.
+
+    The rows are claimed, then published (git and DVC, minutes), then marked:
+    each in a short statement, so reviews and feedback never wait on the flow.
+    """
     import psycopg
-    from mlops_serving import uploads
+    from mlops_uploads import retrain as uploads
+    from prefect.runtime import flow_run
 
     logger = get_run_logger()
     if not settings.database_url:
         raise ValueError(
             "MLOPS_DATABASE_URL is not set: the retrain flow reads the uploads table from it"
         )
-    with psycopg.connect(settings.database_url) as conn, conn.transaction():
-        rows = uploads.trainable_unused(conn)
-        if not rows:
-            return {"uploads": 0, "data_version": None, "created": False}
+    # The same claimant on a retry of this task: it takes back its own claim.
+    claimant = f"retrain:{flow_run.id or uuid.uuid4()}"
 
-        def build(target: Path, base: Path | None) -> None:
-            if base is None:
-                raise ValueError(
-                    "there is no dataset version to add uploads to: publish data-v1 first"
-                )
-            shutil.copytree(base, target)
-            for row in rows:
-                folder = target / "train" / str(row.reviewed_label)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / f"upload-{row.sha256[:16]}.png").write_bytes(row.model_input)
+    def connect() -> psycopg.Connection:
+        return psycopg.connect(settings.database_url, autocommit=True, options=DB_TIMEOUTS)
 
+    with connect() as conn:
+        rows = uploads.claim(conn, claimant)
+    if not rows:
+        return {"uploads": 0, "data_version": None, "created": False}
+
+    def build(target: Path, base: Path | None) -> None:
+        if base is None:
+            raise ValueError("there is no dataset version to add uploads to: publish data-v1 first")
+        shutil.copytree(base, target)
+        for row in rows:
+            folder = target / "train" / str(row.reviewed_label)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"upload-{row.sha256[:16]}.png").write_bytes(row.model_input)
+
+    try:
         published = DataRepo(settings).publish(build)
-        uploads.mark_used(conn, [row.id for row in rows], published.tag)
-        logger.info("%d confirmed uploads are now in %s", len(rows), published.tag)
-        return {"uploads": len(rows), "data_version": published.tag, "created": published.created}
+    except BaseException:
+        with connect() as conn:
+            uploads.release(conn, claimant)
+        raise
+    with connect() as conn:
+        uploads.mark_used(conn, claimant, [row.id for row in rows], published.tag)
+    logger.info("%d confirmed uploads are now in %s", len(rows), published.tag)
+    return {"uploads": len(rows), "data_version": published.tag, "created": published.created}
 
 
 @flow(name="retrain", log_prints=True)

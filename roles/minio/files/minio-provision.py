@@ -8,7 +8,7 @@ SDK (the archived `mc` client is not needed), and prints one JSON line:
 
 Spec: {"endpoint": "127.0.0.1:9000", "admin": {"access_key", "secret_key"},
        "buckets": {purpose: name},
-       "grants": {identity: {"read_write": [purpose], "read": [purpose]}},
+       "grants": {identity: {"read_write": [purpose], "read": [purpose], "write": [purpose]}},
        "credentials": {identity: {"access_key", "secret_key"}}}
 """
 
@@ -21,21 +21,37 @@ from minio.error import MinioAdminException, S3Error
 
 
 def policy_for(grant: dict, buckets: dict) -> dict:
-    """Least privilege: list and read the granted buckets, write only the read_write ones."""
+    """Least privilege: list and read the granted buckets, write only the read_write ones,
+    and only put objects into the write-only ones."""
     write = sorted(buckets[p] for p in grant.get("read_write", []))
     read = sorted(set(write) | {buckets[p] for p in grant.get("read", [])})
-    statements = [
-        {
-            "Effect": "Allow",
-            "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
-            "Resource": [f"arn:aws:s3:::{b}" for b in read],
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:GetObjectTagging"],
-            "Resource": [f"arn:aws:s3:::{b}/*" for b in read],
-        },
-    ]
+    put_only = sorted(buckets[p] for p in grant.get("write", []))
+    statements = []
+    if read:
+        statements += [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetBucketLocation",
+                    "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads",
+                ],
+                "Resource": [f"arn:aws:s3:::{b}" for b in read],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:GetObjectTagging"],
+                "Resource": [f"arn:aws:s3:::{b}/*" for b in read],
+            },
+        ]
+    if put_only:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"arn:aws:s3:::{b}/*" for b in put_only],
+            }
+        )
     if write:
         statements.append(
             {
@@ -114,7 +130,8 @@ def main() -> int:
             actions.append(f"wrote policy {name}")
 
         keys = spec["credentials"][identity]
-        first_bucket = spec["buckets"][(grant.get("read_write") or grant.get("read"))[0]]
+        granted = grant.get("read_write", []) + grant.get("read", []) + grant.get("write", [])
+        first_bucket = spec["buckets"][granted[0]]
         try:
             info = json.loads(admin.user_info(keys["access_key"]))
         except MinioAdminException:  # an unknown user

@@ -5,18 +5,23 @@ from __future__ import annotations
 import base64
 import binascii
 
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify, request
+from mlops_uploads import web as uploads
 
-from . import uploads
+from . import logins
+from .context import state, upload_or_404
 from .preprocess import ImageRejected
-from .review import valid_login
 from .service import predict_and_store
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
-
-def state():
-    return current_app.extensions["mlops"]
+# How each refused label change answers.
+OUTCOME_STATUS = {
+    uploads.Outcome.NOT_FOUND: 404,
+    uploads.Outcome.FORBIDDEN: 403,
+    uploads.Outcome.DECIDED: 409,
+    uploads.Outcome.CHANGED: 409,
+}
 
 
 def json_body() -> dict:
@@ -24,6 +29,27 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         abort(400, "send a JSON object")
     return body
+
+
+def digit_field(body: dict, field: str, required: bool = False) -> int | None:
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 9:
+        abort(400, f"`{field}` must be a digit from 0 to 9")
+    return value
+
+
+def text_field(body: dict, field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not 0 < len(value) <= 100:
+        abort(400, f"`{field}` must be the string the prediction answered with")
+    return value
+
+
+def refuse_unless_done(outcome: uploads.Outcome) -> None:
+    if outcome is not uploads.Outcome.DONE:
+        abort(OUTCOME_STATUS[outcome], outcome.value)
 
 
 @api.post("/predict")
@@ -42,61 +68,64 @@ def predict():
             data = base64.b64decode(encoded.partition(",")[2] or encoded, validate=True)
         except (binascii.Error, ValueError):
             raise ImageRejected("`image` is not valid base64") from None
+    if len(data) > state().config.max_upload_bytes:
+        raise ImageRejected(
+            f"the image is larger than {state().config.max_upload_bytes} bytes", 413
+        )
     return jsonify(predict_and_store(data).as_json())
-
-
-def upload_id_and_digit(body: dict, field: str) -> tuple[int, int | None]:
-    upload_id = body.get("upload_id")
-    if not isinstance(upload_id, int) or isinstance(upload_id, bool):
-        abort(400, "`upload_id` must be an integer")
-    value = body.get(field)
-    if value is None:
-        return upload_id, None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 9:
-        abort(400, f"`{field}` must be a digit from 0 to 9")
-    return upload_id, value
 
 
 @api.post("/feedback")
 def feedback():
-    """{"upload_id": 12, "label": 7} or {"upload_id": 12, "correct": true}."""
+    """{"upload_id": "...", "feedback_token": "...", "label": 7} or ... "correct": true.
+
+    Only the uploader (who got the token with the prediction), and only until a
+    reviewer has decided.
+    """
     body = json_body()
-    upload_id, label = upload_id_and_digit(body, "label")
+    public_id = text_field(body, "upload_id")
+    token = text_field(body, "feedback_token")
+    label = digit_field(body, "label")
+    if label is None:
+        if body.get("correct") is not True:
+            abort(400, 'send "label": <0-9> or "correct": true')
+        label = upload_or_404(public_id).predicted_label
     with state().pool.connection() as conn:
-        row = uploads.get(conn, upload_id)
-        if row is None:
-            abort(404, "no such upload")
-        if label is None:
-            if body.get("correct") is not True:
-                abort(400, 'send "label": <0-9> or "correct": true')
-            label = row.predicted_label
-        uploads.set_feedback(conn, upload_id, label)
-    return jsonify(upload_id=upload_id, user_label=label)
+        refuse_unless_done(uploads.set_feedback(conn, public_id, token, label))
+    return jsonify(upload_id=public_id, user_label=label)
 
 
 @api.post("/review")
 def review():
-    """As a reviewer (basic auth): {"upload_id": 12, "action": "confirm", "label": 3}."""
+    """As a reviewer (basic auth): {"upload_id": "...", "action": "confirm", "seen_label": 3}.
+
+    seen_label: the label shown when the reviewer looked (the user's, else the
+    model's); the review is refused with 409 when it is not the label now.
+    `correct` also needs "label".
+    """
     auth = request.authorization
-    if auth is None or not valid_login(auth.username or "", auth.password or ""):
+    try:
+        signed_in = auth is not None and logins.check(auth.username or "", auth.password or "")
+    except logins.TooManyFailures as error:
+        return jsonify(error=str(error), status=429), 429, {"Retry-After": str(error.retry_after)}
+    if not signed_in:
         return (
             jsonify(error="reviewer credentials required", status=401),
             401,
             {"WWW-Authenticate": 'Basic realm="review"'},
         )
     body = json_body()
-    upload_id, label = upload_id_and_digit(body, "label")
+    public_id = text_field(body, "upload_id")
     action = body.get("action")
-    if action not in ("confirm", "correct", "reject"):
+    if action not in uploads.REVIEW_SQL:
         abort(400, "`action` must be confirm, correct or reject")
-    if action == "correct" and label is None:
-        abort(400, "correct needs `label`")
+    seen = digit_field(body, "seen_label", required=True)
+    label = digit_field(body, "label", required=action == "correct")
     with state().pool.connection() as conn:
-        if not uploads.review(conn, upload_id, action, auth.username, label):
-            abort(409, "no such upload, or it is already part of a dataset version")
-        row = uploads.get(conn, upload_id)
+        refuse_unless_done(uploads.review(conn, public_id, action, auth.username, seen, label))
+    row = upload_or_404(public_id)
     return jsonify(
-        upload_id=upload_id, review_status=row.review_status, reviewed_label=row.reviewed_label
+        upload_id=public_id, review_status=row.review_status, reviewed_label=row.reviewed_label
     )
 
 

@@ -5,6 +5,8 @@
 
 Blueprints: pages (upload, result, feedback, status), review (login
 required), api (JSON under /api/v1), ops (/healthz, /readyz, /metrics).
+Starting needs neither MLflow nor PostgreSQL: the kept model serves at once,
+and requests that need the database fail with 503 until it answers.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from psycopg_pool import ConnectionPool
+from psycopg import OperationalError
+from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from . import uploads
 from .config import Config
 from .metrics import Metrics
 from .model import ModelHolder
-from .storage import UploadShipper
+from .outbox import UploadShipper
+from .preprocess import ImageRejected
+from .service import Busy, DecodeGate, NoModel
 
 log = logging.getLogger(__name__)
+# Web requests never wait long on a lock or a slow statement (the retrain flow and
+# the shipper share the uploads table).
+DB_OPTIONS = "-c lock_timeout=2s -c statement_timeout=10s"
 
 
 @dataclass
@@ -34,31 +41,38 @@ class State:
     shipper: UploadShipper
     pool: ConnectionPool
     metrics: Metrics
+    decode_gate: DecodeGate
 
 
-def create_app(config: Config | None = None, start_background: bool = True) -> Flask:
-    """start_background: the model watch and the uploads' shipper (tests may drive them)."""
+def create_app(
+    config: Config | None = None, start_background: bool = True, decode_slots=None
+) -> Flask:
+    """start_background: serve the kept model, watch MLflow, ship originals (tests may drive
+    them); decode_slots: the costly-decode semaphore the web processes share (server.py)."""
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=config.secret_key,
-        MAX_CONTENT_LENGTH=config.max_upload_bytes,
+        MAX_CONTENT_LENGTH=config.max_request_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_SECURE=config.secure_cookies,
+        PREFERRED_URL_SCHEME="https" if config.secure_cookies else "http",
+        WTF_CSRF_TIME_LIMIT=3600,
+        WTF_CSRF_SSL_STRICT=config.secure_cookies,
     )
     csrf = CSRFProtect(app)
     pool = ConnectionPool(
         config.database_url,
         min_size=1,
         max_size=config.db_pool_size + 1,  # + 1: the uploads' shipper
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "options": DB_OPTIONS},
+        # A connection the database dropped (a restart, a failover) is noticed and
+        # replaced when it is taken from the pool, not by the request that uses it.
+        check=ConnectionPool.check_connection,
+        timeout=5,
         open=True,
     )
-    with pool.connection() as conn:
-        applied = uploads.migrate(conn)
-        if applied:
-            log.info("applied schema migrations %s", applied)
     metrics = Metrics()
     models = ModelHolder(
         config.model_name,
@@ -74,9 +88,11 @@ def create_app(config: Config | None = None, start_background: bool = True) -> F
         config.uploads_bucket,
         pool,
         max_delay_seconds=config.store_max_delay_seconds,
+        max_bytes=config.outbox_max_bytes,
         failures=metrics.store_failures,
     )
-    state = State(config, models, shipper, pool, metrics)
+    gate = DecodeGate(config.costly_decode_pixels, config.decode_wait_seconds, decode_slots)
+    state = State(config, models, shipper, pool, metrics, gate)
     app.extensions["mlops"] = state
 
     from .api import api
@@ -92,7 +108,6 @@ def create_app(config: Config | None = None, start_background: bool = True) -> F
     register_error_handlers(app)
     register_metrics_hooks(app, state)
     if start_background:
-        models.refresh()
         models.start()
         shipper.start()
     return app
@@ -103,23 +118,35 @@ def wants_json() -> bool:
 
 
 def register_error_handlers(app: Flask) -> None:
-    from flask import render_template
-
-    from .preprocess import ImageRejected
-    from .service import NoModel
-
-    def answer(status: int, message: str):
+    def answer(status: int, message: str, retry_after: int | None = None):
         if wants_json():
-            return jsonify(error=message, status=status), status
-        return render_template("error.html", status=status, message=message), status
+            response = jsonify(error=message, status=status)
+        else:
+            response = app.make_response(
+                render_template("error.html", status=status, message=message)
+            )
+        response.status_code = status
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(ImageRejected)
     def rejected(error: ImageRejected):
-        return answer(error.status, str(error))
+        return answer(error.status, str(error), error.retry_after)
+
+    @app.errorhandler(Busy)
+    def busy(error: Busy):
+        return answer(503, str(error), error.retry_after)
 
     @app.errorhandler(NoModel)
     def no_model(error: NoModel):
-        return answer(503, f"{error}; the page says so until a model version holds the alias")
+        return answer(503, f"{error}; the page says so until a model version holds the alias", 30)
+
+    @app.errorhandler(PoolTimeout)
+    @app.errorhandler(OperationalError)
+    def database_down(error: Exception):
+        log.warning("the database is unreachable: %s", error)
+        return answer(503, "the database is unreachable; try again shortly", 10)
 
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError):
@@ -127,7 +154,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        messages = {413: f"the upload is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"}
+        messages = {413: f"the request is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"}
         return answer(error.code or 500, messages.get(error.code, error.description))
 
     @app.errorhandler(Exception)
@@ -143,8 +170,10 @@ def register_metrics_hooks(app: Flask, state: State) -> None:
 
     @app.after_request
     def count(response):
+        # Labels from closed sets only: the route's template, a known method.
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        state.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in Metrics.METHODS else "other"
+        state.metrics.requests.labels(endpoint, method, str(response.status_code)).inc()
         if hasattr(g, "started"):
             state.metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -13,6 +13,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
+    # The methods counted by name; anything else is counted as "other" (labels stay a closed set).
+    METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
     def __init__(self):
         self.registry = CollectorRegistry()
         # What /metrics shows: this process's registry, or the sum over all processes.
@@ -40,6 +43,12 @@ class Metrics:
         self.originals_waiting = Gauge(
             "mlops_upload_originals_waiting",
             "Uploads whose original is not in the object store yet (the outbox)",
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.originals_bytes = Gauge(
+            "mlops_upload_originals_bytes",
+            "Bytes of the originals in the outbox (past serving_outbox_max_bytes: 503)",
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )

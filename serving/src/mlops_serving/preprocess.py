@@ -1,9 +1,11 @@
 """Turn a real photo or drawing into the 28x28 image the model expects, as MNIST was made.
 
 Accepts PNG, JPEG, WebP, BMP and GIF (its first frame), any size, colour or
-grey, dark on light or light on dark. Steps: decode (size and pixel limits
-first: no decompression bombs), honour the EXIF orientation, flatten
-transparency onto white, go grey, invert when the background is light (MNIST
+grey, dark on light or light on dark. Steps: read the header (size and
+pixel limits first: no decompression bombs), decode at a reduced size when the
+image is large (JPEG's DCT scaling, else a box reduction right after), honour
+the EXIF orientation, flatten transparency onto white, go grey (16-bit grey
+scaled, not clipped), invert when the background is light (MNIST
 digits are white on black), subtract the background the border shows and
 stretch the contrast, crop to the digit, fit it into 20x20 keeping its
 aspect, and centre it by its centre of mass in 28x28. An image already in
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +41,10 @@ SIDE = 28
 class ImageRejected(ValueError):
     """The upload is not something we can read as a digit; status is the HTTP answer."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds, for a 503 (busy): try again then
 
 
 @dataclass(frozen=True)
@@ -58,51 +64,104 @@ class Prepared:
         return buffer.getvalue()
 
 
-def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+# Past this side the digit gains nothing (it ends up 20x20): bigger images are
+# reduced while decoding (JPEG) or right after (the others), before any float work.
+WORK_SIDE = 1024
+# Border pixels brighter than this share of the digit's peak are ink touching the
+# border, not background noise.
+NOISE_CAP = 0.5
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the header says, read before any pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def decode_pixels(self) -> int:
+        """Pixels the decoder will produce: JPEG decodes at 1/2, 1/4 or 1/8 scale when large."""
+        pixels = self.width * self.height
+        if self.format != "JPEG":
+            return pixels
+        scale = 1
+        while scale < 8 and max(self.width, self.height) // (scale * 2) >= WORK_SIDE:
+            scale *= 2
+        return pixels // (scale * scale)
+
+
+def probe(data: bytes, max_pixels: int) -> Probe:
+    """The format and size from the header; refuses what is not worth decoding."""
     if not data:
         raise ImageRejected("the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data))
-            if probe.format not in FORMATS:
-                raise ImageRejected(
-                    f"unsupported image format {probe.format}; send PNG, JPEG, WebP, BMP or GIF",
-                    415,
-                )
-            width, height = probe.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"the image has {width}x{height} pixels, more than the limit of {max_pixels}",
-                    413,
-                )
-            probe.verify()  # truncated or corrupt files fail here or on load below
-            image = Image.open(io.BytesIO(data))
-            image.seek(0)  # GIF: the first frame
-            image.load()
-    except ImageRejected:
-        raise
+            header = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected(f"more pixels than the limit of {max_pixels}", 413) from None
     except UnidentifiedImageError:
         raise ImageRejected("not a readable image (PNG, JPEG, WebP, BMP or GIF)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"the image is truncated or corrupt ({error})") from None
-    return image, FORMATS[probe.format]
+    if header.format not in FORMATS:
+        raise ImageRejected(
+            f"unsupported image format {header.format}; send PNG, JPEG, WebP, BMP or GIF", 415
+        )
+    width, height = header.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"the image has {width}x{height} pixels, more than the limit of {max_pixels}", 413
+        )
+    return Probe(header.format, width, height)
+
+
+def decode(data: bytes, found: Probe) -> np.ndarray:
+    """The image as float32 grey 0..255, at most WORK_SIDE on its longer side."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.seek(0)  # GIF: the first frame
+        if found.format == "JPEG":
+            image.draft(None, (WORK_SIDE, WORK_SIDE))  # DCT scaling: a fraction of the work
+        image.load()
+        return to_grey(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"the image is truncated or corrupt ({error})") from None
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I;16"):
+        # 16-bit grey: scaled to 8 bits (Pillow's convert("L") clips at 255).
+        image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8))
+    elif image.mode == "I":
+        wide = np.asarray(image, dtype=np.int64)
+        scale = 257 if wide.max(initial=0) > 255 else 1
+        image = Image.fromarray((np.clip(wide, 0, 65535) // scale).astype(np.uint8))
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    factor = -(-max(image.size) // WORK_SIDE)  # ceiling division
+    if factor > 1:
+        image = image.reduce(factor)
+    if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return np.asarray(image.convert("L"), dtype=np.float32)
 
 
-def prepare(data: bytes, max_pixels: int = 25_000_000) -> Prepared:
-    image, extension = decode(data, max_pixels)
-    grey = to_grey(image)
+def prepare(
+    data: bytes, max_pixels: int = 25_000_000, gate: Callable[[int], ContextManager] | None = None
+) -> Prepared:
+    """The model's input from an upload. gate(decode_pixels) guards the decoding (a limiter)."""
+    found = probe(data, max_pixels)
+    with gate(found.decode_pixels) if gate else nullcontext():
+        grey = decode(data, found)
+    extension = FORMATS[found.format]
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     background = quantile(border, 0.5)
     inverted = background > 127
@@ -114,13 +173,17 @@ def prepare(data: bytes, max_pixels: int = 25_000_000) -> Prepared:
     if peak < 32:
         raise ImageRejected("no digit found: the image is almost uniform", 422)
     grey *= 255.0 / peak
-    noise = quantile(np.clip(border - background, 0, None) * 255.0 / peak, 0.95)
+    noise = min(
+        quantile(np.clip(border - background, 0, None) * 255.0 / peak, 0.95), NOISE_CAP * 255
+    )
     grey[grey <= noise] = 0
     if grey.shape == (SIDE, SIDE) and not inverted:
         # Already MNIST's format (28x28, light digit on dark): fitting it again
         # would only resample it.
         return Prepared(pixels=grey.astype(np.uint8), extension=extension, inverted=False)
     ink = grey > max(noise, INK_LEVEL * 255)
+    if not ink.any():
+        raise ImageRejected("no digit found: nothing stands out from the background", 422)
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     digit = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = digit.shape

@@ -1,9 +1,9 @@
-"""The review page for data scientists: confirm, correct or reject what users uploaded."""
+"""The review page for reviewers: confirm, correct or reject what users uploaded."""
 
 from __future__ import annotations
 
-import hmac
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -15,27 +15,36 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.security import check_password_hash
+from mlops_uploads import REVIEW_STATES
+from mlops_uploads import web as uploads
+from werkzeug.exceptions import HTTPException
 
-from . import uploads
+from . import logins
+from .api import OUTCOME_STATUS
+from .context import state
 from .pages import parse_digit
 
 review = Blueprint("review", __name__)
 PAGE_SIZE = 50
 
 
-def state():
-    return current_app.extensions["mlops"]
+def safe_target(target: str) -> str | None:
+    """A page of this site to return to after the login, else None (no open redirects).
 
-
-def valid_login(username: str, password: str) -> bool:
-    """Reviewers come from MLOPS_REVIEWERS: user:werkzeug-hash, or user:password (0600 env file)."""
-    stored = state().config.reviewers_by_name().get(username)
-    if not stored:
-        return False
-    if stored.startswith(("scrypt:", "pbkdf2:")):
-        return check_password_hash(stored, password)
-    return hmac.compare_digest(stored.encode(), password.encode())
+    Browsers drop tabs and newlines from a Location and read backslashes as
+    slashes, so `/\t/evil.example` would leave the site: any of those, a scheme,
+    a host, or a path that is not one of our pages is refused.
+    """
+    if not target or any(ch.isspace() or ord(ch) < 32 or ch == "\\" for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or target.startswith("//"):
+        return None
+    try:
+        current_app.url_map.bind("localhost").match(parts.path, method="GET")
+    except HTTPException:
+        return None
+    return target
 
 
 def reviewer_required(view):
@@ -50,20 +59,23 @@ def reviewer_required(view):
 
 @review.route("/login", methods=["GET", "POST"])
 def login():
-    error = None
+    error, status = None, 200
     if request.method == "POST":
         username = request.form.get("username", "")
-        if valid_login(username, request.form.get("password", "")):
+        try:
+            signed_in = logins.check(username, request.form.get("password", ""))
+        except logins.TooManyFailures as refused:
+            return (
+                render_template("login.html", error=str(refused)),
+                429,
+                {"Retry-After": str(refused.retry_after)},
+            )
+        if signed_in:
             session.clear()
             session["reviewer"] = username
-            target = request.args.get("next", "")
-            return redirect(
-                target
-                if target.startswith("/") and not target.startswith("//")
-                else url_for("review.queue")
-            )
-        error = "Wrong user name or password."
-    return render_template("login.html", error=error), (401 if error else 200)
+            return redirect(safe_target(request.args.get("next", "")) or url_for("review.queue"))
+        error, status = "Wrong user name or password.", 401
+    return render_template("login.html", error=error), status
 
 
 @review.post("/logout")
@@ -76,8 +88,8 @@ def logout():
 @reviewer_required
 def queue():
     status = request.args.get("status", "pending")
-    if status not in (*uploads.REVIEW_STATES, "all"):
-        abort(400, f"status must be one of {', '.join(uploads.REVIEW_STATES)} or all")
+    if status not in (*REVIEW_STATES, "all"):
+        abort(400, f"status must be one of {', '.join(REVIEW_STATES)} or all")
     page = max(1, request.args.get("page", 1, type=int))
     with state().pool.connection() as conn:
         rows = uploads.listing(
@@ -89,14 +101,16 @@ def queue():
     )
 
 
-@review.post("/review/<int:upload_id>")
+@review.post("/review/<upload_id>")
 @reviewer_required
-def decide(upload_id: int):
+def decide(upload_id: str):
     action = request.form.get("action", "")
-    if action not in ("confirm", "correct", "reject"):
+    if action not in uploads.REVIEW_SQL:
         abort(400, "action must be confirm, correct or reject")
+    seen = parse_digit(request.form.get("seen_label"))
     label = parse_digit(request.form.get("label")) if action == "correct" else None
     with state().pool.connection() as conn:
-        if not uploads.review(conn, upload_id, action, session["reviewer"], label):
-            abort(409, "no such upload, or it is already part of a dataset version")
+        outcome = uploads.review(conn, upload_id, action, session["reviewer"], seen, label)
+    if outcome is not uploads.Outcome.DONE:
+        abort(OUTCOME_STATUS[outcome], outcome.value)
     return redirect(url_for("review.queue", status=request.form.get("return_status", "pending")))

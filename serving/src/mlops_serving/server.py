@@ -8,6 +8,12 @@ of them. Each process has its own model, database pool and uploads' shipper
 processes through prometheus_client's multiprocess mode. When one process
 dies, the others are stopped and the command exits non-zero, so systemd
 restarts the whole service.
+
+waitress is bounded from the app's own limits: it reads no request body
+larger than an upload can be (413 at once, chunked bodies included), keeps at
+most `web_connection_limit` connections per process, and drops a connection
+idle for `web_channel_timeout` seconds. Costly image decodes share one slot
+per host across the processes (service.DecodeGate).
 """
 
 from __future__ import annotations
@@ -21,37 +27,61 @@ import socket
 import sys
 import tempfile
 
+from .config import Config
+
 log = logging.getLogger("mlops_serving.server")
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def serve_app(threads: int, **where) -> None:
+def waitress_limits(config: Config) -> dict:
+    return {
+        "max_request_body_size": config.max_request_body_bytes,
+        "connection_limit": config.web_connection_limit,
+        "channel_timeout": config.web_channel_timeout,
+        "ident": "mlops-serving",
+    }
+
+
+def serve_app(config: Config, decode_slots, **where) -> None:
     from waitress import serve
 
     from .app import create_app
 
-    serve(create_app(), threads=threads, ident="mlops-serving", **where)
+    app = create_app(config, decode_slots=decode_slots)
+    serve(app, threads=config.web_threads, **waitress_limits(config), **where)
 
 
-def serve_processes(args: argparse.Namespace) -> int:
+def serve_processes(config: Config) -> int:
     # Before any process imports prometheus_client: it picks its storage at import.
     metrics_dir = tempfile.mkdtemp(prefix="mlops-serving-metrics-")
     os.environ[METRICS_DIR] = metrics_dir
-    listener = socket.create_server((args.host, args.port), backlog=2048)
+    from .service import shared_decode_slots
+
+    decode_slots = shared_decode_slots()
+    # Imported once here, shared by the forked processes (each starts faster).
+    from . import app  # noqa: F401
+
+    listener = socket.create_server((config.web_host, config.web_port), backlog=2048)
     children: set[int] = set()
-    for _ in range(args.processes):
+    for _ in range(config.web_processes):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                serve_app(args.threads, sockets=[listener])
+                serve_app(config, decode_slots, sockets=[listener])
             except BaseException:
                 log.exception("waitress process %s failed", os.getpid())
                 code = 1
             os._exit(code)
         children.add(pid)
     listener.close()
-    log.info("%d waitress processes on %s:%d: %s", len(children), args.host, args.port, children)
+    log.info(
+        "%d waitress processes on %s:%d: %s",
+        len(children),
+        config.web_host,
+        config.web_port,
+        children,
+    )
 
     stopping = []
 
@@ -81,28 +111,31 @@ def serve_processes(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mlops-serving", description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("MLOPS_WEB_HOST", "0.0.0.0"))  # noqa: S104 (a server)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MLOPS_WEB_PORT", "8000")))
+    parser = argparse.ArgumentParser(prog="mlops-serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="listen address (MLOPS_WEB_HOST)")
+    parser.add_argument("--port", type=int, help="port (MLOPS_WEB_PORT)")
+    parser.add_argument("--threads", type=int, help="threads per process (MLOPS_WEB_THREADS)")
     parser.add_argument(
-        "--threads", type=int, default=int(os.environ.get("MLOPS_WEB_THREADS", "8"))
-    )
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=int(os.environ.get("MLOPS_WEB_PROCESSES", "1")),
-        help="waitress processes sharing the port (about one per core)",
+        "--processes", type=int, help="waitress processes sharing the port (MLOPS_WEB_PROCESSES)"
     )
     args = parser.parse_args(argv)
-    if args.processes < 1 or args.threads < 1:
-        parser.error("--processes and --threads must be at least 1")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
     )
-    if args.processes == 1:
-        serve_app(args.threads, host=args.host, port=args.port)
+    overrides = {
+        f"MLOPS_WEB_{name.upper()}": str(value)
+        for name, value in vars(args).items()
+        if value is not None
+    }
+    config = Config.from_env({**os.environ, **overrides})
+    if config.web_processes < 1 or config.web_threads < 1:
+        parser.error("--processes and --threads must be at least 1")
+    if config.web_processes == 1:
+        from .service import shared_decode_slots
+
+        serve_app(config, shared_decode_slots(), host=config.web_host, port=config.web_port)
     else:
-        sys.exit(serve_processes(args))
+        sys.exit(serve_processes(config))
 
 
 if __name__ == "__main__":

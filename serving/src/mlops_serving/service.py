@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import secrets
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flask import current_app
+from mlops_uploads import web as uploads
 
-from . import uploads
+from .context import state
+from .outbox import content_key
 from .preprocess import MIME, ImageRejected, prepare
-from .storage import content_key
 
 
 class NoModel(RuntimeError):
     """No model version holds the alias yet (or none could be loaded)."""
 
 
+class Busy(RuntimeError):
+    """The app cannot take this prediction now; try again after retry_after seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Prediction:
-    upload_id: int
+    upload_id: str  # the public id
     digit: int
     probabilities: list[float]
     model_version: str
     data_version: str
+    feedback_token: str  # only the uploader gets it: feedback needs it
 
     def top(self, n: int = 3) -> list[tuple[int, float]]:
-        ranked = sorted(enumerate(self.probabilities), key=lambda pair: pair[1], reverse=True)
-        return ranked[:n]
+        return top(self.probabilities, n)
 
     def as_json(self) -> dict:
         return {
@@ -34,25 +46,67 @@ class Prediction:
             "probabilities": [round(p, 6) for p in self.probabilities],
             "model_version": self.model_version,
             "data_version": self.data_version,
+            "feedback_token": self.feedback_token,
         }
+
+
+def top(probabilities: list[float], n: int = 3) -> list[tuple[int, float]]:
+    """The n likeliest digits with their probabilities, likeliest first."""
+    return sorted(enumerate(probabilities), key=lambda pair: pair[1], reverse=True)[:n]
+
+
+class DecodeGate:
+    """Costly decodes (pixel bombs and big photos) one at a time per host, the rest at once.
+
+    `slots` is a semaphore shared by the web app's processes (server.py makes it
+    before forking; a lone process makes its own). A request waits at most
+    `wait_seconds` for a slot, then gets 503 with Retry-After: an attacker
+    sending huge images gets one core at most, and normal uploads keep theirs.
+    """
+
+    def __init__(self, costly_pixels: int, wait_seconds: float, slots=None):
+        self.costly_pixels = costly_pixels
+        self.wait_seconds = wait_seconds
+        self.slots = slots if slots is not None else threading.BoundedSemaphore(1)
+
+    @contextmanager
+    def __call__(self, decode_pixels: int):
+        if decode_pixels <= self.costly_pixels:
+            yield
+            return
+        if not self.slots.acquire(timeout=self.wait_seconds):
+            raise ImageRejected("busy decoding large images; try again shortly", 503, 2)
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+
+def shared_decode_slots(count: int = 1):
+    """A semaphore that forked processes share (make it before forking)."""
+    return multiprocessing.BoundedSemaphore(count)
 
 
 def predict_and_store(data: bytes) -> Prediction:
     """Preprocess, predict with the live model, commit the row and the original.
 
-    The original reaches the uploads bucket shortly after (storage.UploadShipper).
-    Nothing is stored when the image is rejected or no model is loaded.
+    The original reaches the uploads bucket shortly after (outbox.UploadShipper).
+    Nothing is stored when the image is rejected, no model is loaded or the
+    outbox is full.
     """
-    state = current_app.extensions["mlops"]
-    model = state.models.current  # this request keeps this model, whatever a reload does
+    app = state()
+    model = app.models.current  # this request keeps this model, whatever a reload does
     if model is None:
         raise NoModel("no production model is loaded yet")
-    prepared = prepare(data, max_pixels=state.config.max_pixels)
+    if app.shipper.full():
+        raise Busy("too many uploads wait for the object store; try again later", 30)
+    prepared = prepare(data, max_pixels=app.config.max_pixels, gate=app.decode_gate)
     probabilities = [float(p) for p in model.probabilities(prepared.model_input())[0]]
     digit = max(range(len(probabilities)), key=probabilities.__getitem__)
     sha, key = content_key(data, prepared.extension)
-    with state.pool.connection() as conn:
-        upload_id = uploads.insert(
+    token = secrets.token_urlsafe(24)
+    with app.pool.connection() as conn:
+        public_id = uploads.insert(
             conn,
             key=key,
             sha256=sha,
@@ -62,11 +116,12 @@ def predict_and_store(data: bytes) -> Prediction:
             predicted_label=digit,
             probabilities=probabilities,
             model_version=model.version,
+            feedback_token=token,
         )
-    state.shipper.queued()
-    state.shipper.help_when_overdue()
-    state.metrics.predictions.labels(digit=str(digit)).inc()
-    return Prediction(upload_id, digit, probabilities, model.version, model.data_version)
+    app.shipper.queued()
+    app.shipper.help_when_overdue()
+    app.metrics.predictions.labels(digit=str(digit)).inc()
+    return Prediction(public_id, digit, probabilities, model.version, model.data_version, token)
 
 
-__all__ = ["ImageRejected", "NoModel", "Prediction", "predict_and_store"]
+__all__ = ["Busy", "ImageRejected", "NoModel", "Prediction", "predict_and_store", "top"]
