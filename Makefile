@@ -25,11 +25,11 @@ help: ## List the targets
 
 .PHONY: up
 up: venv docker ## The whole platform as local containers: MLflow, Prefect, the web app on 127.0.0.1
-	@tools/demo up
+	@playbooks/demo/run up
 
 .PHONY: down
 down: venv ## Remove the demo containers
-	@tools/demo down
+	@playbooks/demo/run down
 
 .PHONY: test
 test: ## Install what is missing, lint, run pytest and every molecule scenario

@@ -36,6 +36,9 @@ TESTED_ELSEWHERE = {
     "data_repo": "molecule/cluster/molecule.yml",
     "prefect_worker": "molecule/cluster/molecule.yml",
     "service": "roles/seaweedfs/molecule/default/molecule.yml",
+    "backup": "molecule/cluster/verify_operations.yml",
+    "monitoring": "molecule/cluster/verify_operations.yml",
+    "monitoring_agent": "molecule/cluster/verify_operations.yml",
     "serving": "molecule/cluster/molecule.yml",
 }
 

@@ -48,10 +48,10 @@ def changes(output: str) -> dict[str, int]:
 def main() -> int:
     cache = Path(os.environ.get("MLOPS_CACHE_DIR", ROOT / ".cache"))
     vars_file = cache / "demo-vars.json"
-    run([str(ROOT / "tools" / "demo"), "vars"])
-    run([str(BIN / "ansible-playbook"), "playbooks/demo.yml", "-e", "demo_state=down"])
+    run([str(ROOT / "playbooks" / "demo" / "run"), "vars"])
+    run([str(BIN / "ansible-playbook"), "playbooks/demo/hosts.yml", "-e", "demo_state=down"])
     hosts_seconds, _ = run(
-        [str(BIN / "ansible-playbook"), "playbooks/demo.yml", "-e", "demo_state=up"]
+        [str(BIN / "ansible-playbook"), "playbooks/demo/hosts.yml", "-e", "demo_state=up"]
     )
     rows = [("start the demo hosts (containers)", hosts_seconds, "")]
     for group, playbook in (("mlops_server", "server"), ("workers", "workers"), ("web", "web")):

@@ -7,6 +7,9 @@
     python closed_loop.py retrain      a retrain deployment run: data-v3 with those 50, a
                                        new model version
     python closed_loop.py follow       the web app serves the version holding the alias within 30 s
+    python closed_loop.py served       the web app answers predictions again (after a restore)
+    python closed_loop.py retrain-next 10 more uploads confirmed and a retrain: the next data
+                                       version is the next number (no tag reused)
 
 The spec (URLs, credentials, a state folder) comes on stdin as JSON; each step
 prints one JSON line and exits 1 when its check failed. Runs with the
@@ -131,20 +134,23 @@ def step_serve(spec: dict, state: dict) -> dict:
         answer.raise_for_status()
         body = answer.json()
         correct += body["digit"] == label
-        uploads.append((body["upload_id"], label))
+        uploads.append((body["upload_id"], body["feedback_token"], label))
     confirmed = 0
-    for upload_id, label in uploads[:CONFIRMED]:
+    for upload_id, token, label in uploads[:CONFIRMED]:
+        # The uploader says what it is (with the token only they got), a reviewer confirms it.
         requests.post(
-            f"{web}/api/v1/feedback", json={"upload_id": upload_id, "label": label}, timeout=30
+            f"{web}/api/v1/feedback",
+            json={"upload_id": upload_id, "feedback_token": token, "label": label},
+            timeout=30,
         ).raise_for_status()
         review = requests.post(
             f"{web}/api/v1/review",
-            json={"upload_id": upload_id, "action": "confirm"},
+            json={"upload_id": upload_id, "action": "confirm", "seen_label": label},
             auth=tuple(spec["reviewer"]),
             timeout=30,
         )
         confirmed += review.status_code == 200 and review.json()["review_status"] == "confirmed"
-    state["confirmed_ids"] = [upload_id for upload_id, _ in uploads[:CONFIRMED]]
+    state["confirmed_ids"] = [upload_id for upload_id, _, _ in uploads[:CONFIRMED]]
     accuracy = correct / len(images)
     # Every original leaves the outbox for the uploads bucket, and shipping never failed.
     drained = outbox_drained(web, 60)
@@ -201,6 +207,75 @@ def step_follow(spec: dict, state: dict) -> dict:
     }
 
 
+def step_served(spec: dict, state: dict) -> dict:
+    """Wait until the web app answers a prediction (after a restore: MLflow, the database...)."""
+    started = time.monotonic()
+    image, _ = held_out_images()[0]
+    status = None
+    while time.monotonic() - started < 600:
+        try:
+            answer = requests.post(
+                f"{spec['web_url']}/api/v1/predict",
+                files={"file": ("d.png", io.BytesIO(image))},
+                timeout=10,
+            )
+            status = answer.status_code
+            if status == 200:
+                break
+        except requests.RequestException as error:
+            status = type(error).__name__
+        time.sleep(1)
+    return {"ok": status == 200, "status": status, "waited_s": round(time.monotonic() - started)}
+
+
+def data_versions(spec: dict) -> list[str]:
+    from mlflow import MlflowClient
+
+    found = MlflowClient().search_model_versions("name='mnist'")
+    return sorted({v.tags.get("data_version", "") for v in found} - {""}, key=tag_number)
+
+
+def tag_number(tag: str) -> int:
+    return int(tag.rsplit("v", 1)[1]) if tag.startswith("data-v") else -1
+
+
+def step_retrain_next(spec: dict, state: dict) -> dict:
+    web = spec["web_url"]
+    before = data_versions(spec)
+    expected = f"data-v{tag_number(before[-1]) + 1}"
+    confirmed = 0
+    for data, label in held_out_images()[-10:]:
+        body = requests.post(
+            f"{web}/api/v1/predict", files={"file": ("d.png", io.BytesIO(data))}, timeout=30
+        ).json()
+        requests.post(
+            f"{web}/api/v1/feedback",
+            json={
+                "upload_id": body["upload_id"],
+                "feedback_token": body["feedback_token"],
+                "label": label,
+            },
+            timeout=30,
+        ).raise_for_status()
+        review = requests.post(
+            f"{web}/api/v1/review",
+            json={"upload_id": body["upload_id"], "action": "confirm", "seen_label": label},
+            auth=tuple(spec["reviewer"]),
+            timeout=30,
+        )
+        confirmed += review.status_code == 200
+    status, seconds = run("retrain/retrain", {"epochs": spec["epochs"]})
+    new = versions_trained_on(expected)
+    return {
+        "ok": status == "COMPLETED" and confirmed == 10 and bool(new),
+        "state": status,
+        "seconds": round(seconds),
+        "versions_before": before,
+        "expected": expected,
+        "trained_on_expected": [v.version for v in new],
+    }
+
+
 def main(argv: list[str]) -> int:
     spec = json.load(sys.stdin)
     setup(spec)
@@ -211,6 +286,8 @@ def main(argv: list[str]) -> int:
         "serve": step_serve,
         "retrain": step_retrain,
         "follow": step_follow,
+        "served": step_served,
+        "retrain-next": step_retrain_next,
     }
     report = steps[argv[0]](spec, state)
     state_file.write_text(json.dumps(state))

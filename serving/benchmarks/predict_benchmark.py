@@ -43,7 +43,7 @@ from statistics import quantiles
 
 import numpy as np
 import psycopg
-from mlops_serving import uploads
+from mlops_serving import outbox
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,12 +148,12 @@ def drain_outbox(database_url: str, timeout: float = 600) -> tuple[int, float]:
     """Wait until the shipper has put every queued original in the bucket: (backlog, seconds)."""
     started = time.perf_counter()
     with psycopg.connect(database_url, autocommit=True) as conn:
-        backlog = waiting = uploads.originals_waiting(conn)[0]
+        backlog = waiting = outbox.waiting(conn)[0]
         while waiting:
             if time.perf_counter() - started > timeout:
                 raise TimeoutError(f"the outbox did not drain in {timeout:.0f} s")
             time.sleep(0.2)
-            waiting = uploads.originals_waiting(conn)[0]
+            waiting = outbox.waiting(conn)[0]
     return backlog, time.perf_counter() - started
 
 
@@ -279,7 +279,7 @@ def main() -> int:
         if args.sustained > 0:
             a = load(web_port, "/api/v1/predict", ours, 8, args.sustained)
             with psycopg.connect(database_url) as conn:
-                waiting, oldest = uploads.originals_waiting(conn)
+                waiting, _, oldest = outbox.waiting(conn)
             backlog, drain = drain_outbox(database_url)
             print(
                 f"sustained, 8 clients, {args.sustained:.0f} s (ours only): {columns(a, 9)};"

@@ -32,6 +32,8 @@ class Settings:
     experiment: str
     registered_model: str
     work_dir: Path
+    # how many data versions a worker keeps fetched (the newest)
+    data_cache_versions: int = 3
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,4 +45,5 @@ class Settings:
             experiment=os.environ.get("MLOPS_MLFLOW_EXPERIMENT", "mnist"),
             registered_model=os.environ.get("MLOPS_REGISTERED_MODEL", "mnist"),
             work_dir=Path(os.environ.get("MLOPS_WORK_DIR", Path.home() / ".cache" / "mlops-flows")),
+            data_cache_versions=int(os.environ.get("MLOPS_DATA_CACHE_VERSIONS", "3")),
         )

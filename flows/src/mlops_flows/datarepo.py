@@ -114,7 +114,10 @@ class DataRepo:
         return self._describe(dest, tag)
 
     def fetch_cached(self, tag: str, cache_root: Path) -> DataVersion:
-        """fetch(), kept under cache_root/<tag>: versions are immutable, so a copy stays valid."""
+        """fetch(), kept under cache_root/<tag>: versions are immutable, so a copy stays valid.
+
+        The cache keeps the newest `settings.data_cache_versions` versions (and this one).
+        """
         folder = cache_root / tag
         cache_root.mkdir(parents=True, exist_ok=True)
         with open(cache_root / f".{tag}.lock", "w") as lock:
@@ -126,7 +129,29 @@ class DataRepo:
                     return version
             version = self.fetch(tag, folder)
             done.write_text(version.dvc_md5 + "\n")
-            return version
+        self._prune_cache(cache_root, keep=tag)
+        return version
+
+    def _prune_cache(self, cache_root: Path, keep: str) -> None:
+        """Drop cached versions beyond the newest few; one another run holds is left alone."""
+        cached = sorted(
+            (
+                path
+                for path in cache_root.iterdir()
+                if path.is_dir() and TAG_PATTERN.match(path.name)
+            ),
+            key=lambda path: tag_number(path.name),
+        )
+        for old in cached[: -self.settings.data_cache_versions]:
+            if old.name == keep:
+                continue
+            with open(cache_root / f".{old.name}.lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # being fetched or read right now
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("dropped the cached copy of %s", old.name)
 
     # --- publishing ----------------------------------------------------
     def publish(

@@ -1,6 +1,6 @@
 """Train the demo's first model through the `train` deployment, unless one holds the alias.
 
-Usage: tools/demo_first_train.py CREDENTIALS_DIR   (MLflow and Prefect published on 127.0.0.1)
+Usage: playbooks/demo/first_train.py CREDENTIALS_DIR   (MLflow and Prefect published on 127.0.0.1)
 """
 
 from __future__ import annotations
