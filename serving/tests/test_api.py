@@ -130,6 +130,7 @@ def test_review_needs_a_reviewer_and_decides_on_what_the_reviewer_saw(web, test_
         "upload_id": upload_id,
         "review_status": "corrected",
         "reviewed_label": 4,
+        "reviewer": "reviewer",
     }
     # A decision stands against the uploader's later feedback.
     late = web.post(

@@ -5,7 +5,8 @@
     mlops-flows data bootstrap [--source ...]     build and publish data-v1, data-v2 (idempotent)
     mlops-flows data list
     mlops-flows data fetch TAG DEST
-    mlops-flows deploy [--work-pool cpu-pool] [--retrain-cron "0 2 * * *"]
+    mlops-flows deploy [--work-pool cpu-pool] [--pools cpu-pool gpu-pool] [--retrain-cron ...]
+    mlops-flows run train [--pool gpu-pool] [--epochs 20] ...     (on the workers, and wait)
     mlops-flows train [--data-version data-v2] [--epochs N] ...   (runs the flow here)
     mlops-flows retrain [--force]
 
@@ -106,10 +107,37 @@ def cmd_deploy(args) -> dict:
             tags=["mnist"],
         ),
     }
+    # One train deployment per pool as well: `mlops-flows run train --pool gpu-pool`.
+    for pool in args.pools:
+        deployments[f"train-{pool}"] = train.to_deployment(
+            name=f"train-{pool}",
+            work_pool_name=pool,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description=f"Train on {pool}, with your own parameters (mlops-flows run train).",
+            tags=["mnist"],
+        )
     return {
-        name: {"id": str(deployment.apply()), "work_pool": args.work_pool}
+        name: {"id": str(deployment.apply()), "work_pool": deployment.work_pool_name}
         for name, deployment in deployments.items()
     }
+
+
+def cmd_run(args) -> dict:
+    """A deployment run on the workers, with these parameters; waits for its end."""
+    from prefect.deployments import run_deployment
+
+    name = f"{args.flow}/{args.flow}" + (f"-{args.pool}" if args.pool else "")
+    parameters = hyperparameters(args)
+    if args.flow == "train" and args.data_version:
+        parameters["data_version"] = args.data_version
+    run = run_deployment(name, parameters=parameters, timeout=args.timeout)
+    state = run.state
+    outcome = {"deployment": name, "flow_run_id": str(run.id), "state": state.type.value}
+    if state.is_completed():
+        outcome["result"] = state.result()
+    elif state.is_final():
+        raise ValueError(f"{name} ended {state.type.value}: {state.message}")
+    return outcome
 
 
 def hyperparameters(args) -> dict:
@@ -170,7 +198,18 @@ def parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser("deploy", help="register the train and retrain deployments")
     deploy.add_argument("--work-pool", default="cpu-pool")
     deploy.add_argument("--retrain-cron", default="0 2 * * *", help="empty: no schedule")
+    deploy.add_argument(
+        "--pools", nargs="*", default=[], help="also a train-<pool> deployment each"
+    )
     deploy.set_defaults(handler=cmd_deploy)
+
+    run = commands.add_parser("run", help="run a deployment on the workers, wait for its end")
+    run.add_argument("flow", choices=["train", "retrain"])
+    run.add_argument("--pool", help="a train-<pool> deployment (mlops-flows deploy --pools)")
+    run.add_argument("--data-version")
+    run.add_argument("--timeout", type=float, default=4 * 3600, help="seconds to wait")
+    add_training_options(run)
+    run.set_defaults(handler=cmd_run)
 
     train = commands.add_parser("train", help="run the train flow in this process")
     train.add_argument("--data-version")

@@ -9,7 +9,10 @@ SDK (the archived `mc` client is not needed), and prints one JSON line:
 Spec: {"endpoint": "127.0.0.1:9000", "admin": {"access_key", "secret_key"},
        "buckets": {purpose: name},
        "grants": {identity: {"read_write": [purpose], "read": [purpose], "write": [purpose]}},
-       "credentials": {identity: {"access_key", "secret_key"}}}
+       "credentials": {identity: {"access_key", "secret_key"}},
+       "scientists": {person: [access_key, secret_key]}}
+A scientist (mlops_people) reads the DVC bucket and writes its scratch/<person>/
+prefix; one who is no longer listed loses the account.
 """
 
 import json
@@ -67,6 +70,30 @@ def policy_for(grant: dict, buckets: dict) -> dict:
             }
         )
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def scientist_policy(bucket: str, person: str) -> dict:
+    """Read and list the DVC bucket; write only under scratch/<person>/."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/scratch/{person}/*"],
+            },
+        ],
+    }
 
 
 def normalized(policy: dict | None) -> set | None:
@@ -147,6 +174,36 @@ def main() -> int:
             if name not in attached:
                 admin.attach_policy([name], user=keys["access_key"])
             actions.append(f"attached {name} to {identity}")
+
+    dvc = spec["buckets"]["dvc"]
+    for person, (access_key, secret_key) in sorted(spec.get("scientists", {}).items()):
+        name = f"mlops-person-{person}"
+        wanted = scientist_policy(dvc, person)
+        try:
+            current = json.loads(admin.policy_info(name))
+            current = current.get("Policy", current)
+        except MinioAdminException:
+            current = None
+        if normalized(current) != normalized(wanted):
+            admin.policy_add(name, policy=wanted)
+            actions.append(f"wrote policy {name}")
+        keys = {"access_key": access_key, "secret_key": secret_key}
+        try:
+            json.loads(admin.user_info(access_key))
+            present = keys_work(endpoint, keys, dvc)
+        except MinioAdminException:
+            present = False
+        if not present:
+            admin.user_add(access_key, secret_key)
+            admin.attach_policy([name], user=access_key)
+            actions.append(f"set user of {person}")
+    listed = {f"mlops-person-{person}" for person in spec.get("scientists", {})}
+    for user_key, info in json.loads(admin.user_list()).items():
+        policies = {p for p in (info.get("policyName") or "").split(",") if p}
+        stale = {p for p in policies if p.startswith("mlops-person-")} - listed
+        if stale:
+            admin.user_remove(user_key)
+            actions.append(f"removed the user of {', '.join(sorted(stale))}")
 
     print(json.dumps({"changed": bool(actions), "actions": actions}))
     return 0

@@ -125,7 +125,10 @@ def review():
         refuse_unless_done(uploads.review(conn, public_id, action, auth.username, seen, label))
     row = upload_or_404(public_id)
     return jsonify(
-        upload_id=public_id, review_status=row.review_status, reviewed_label=row.reviewed_label
+        upload_id=public_id,
+        review_status=row.review_status,
+        reviewed_label=row.reviewed_label,
+        reviewer=row.reviewer,
     )
 
 
