@@ -56,7 +56,11 @@ def test_the_laptop_notebook_trains_logs_a_candidate_and_compares(scientist, mon
     from mlflow.exceptions import MlflowException
     from nbclient import NotebookClient
 
-    for name, value in {**scientist, "MLOPS_NOTEBOOK_EPOCHS": "1"}.items():
+    for name, value in {
+        **scientist,
+        "MLOPS_NOTEBOOK_EPOCHS": "1",
+        "MLOPS_NOTEBOOK_DATA_VERSION": "data-v1",
+    }.items():
         monkeypatch.setenv(name, value)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3").execute()

@@ -200,7 +200,7 @@ def laptop(spec: dict) -> dict:
     os.environ.update(
         {k: v for k, v in env.items() if k.startswith(("MLFLOW", "MLOPS", "AWS", "GIT", "PREFECT"))}
     )
-    os.environ["MLOPS_NOTEBOOK_EPOCHS"] = "1"
+    os.environ.update(MLOPS_NOTEBOOK_EPOCHS="1", MLOPS_NOTEBOOK_DATA_VERSION="data-v1")
     notebook = nbformat.read(ROOT / "flows" / "notebooks" / "laptop.ipynb", as_version=4)
     try:
         NotebookClient(notebook, timeout=900, kernel_name="python3").execute()

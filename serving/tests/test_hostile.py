@@ -46,7 +46,13 @@ def test_after_login_the_app_never_sends_anyone_to_another_site(web):
     assert kept.headers["Location"].endswith("/review?status=confirmed")
 
 
+def forget_login_failures(services) -> None:
+    with psycopg.connect(services.owner_database_url(), autocommit=True) as conn:
+        conn.execute("DELETE FROM login_failures")
+
+
 def test_password_guessing_is_slowed_per_client_and_logged(services, tmp_path):
+    forget_login_failures(services)  # earlier tests' wrong passwords came from this client too
     app = start_web(
         services, tmp_path, MLOPS_LOGIN_FAILURES_PER_CLIENT="3", MLOPS_LOGIN_WINDOW_SECONDS="60"
     )
@@ -65,8 +71,7 @@ def test_password_guessing_is_slowed_per_client_and_logged(services, tmp_path):
         assert log.count("failed login for account 'reviewer' from 127.0.0.1") == 3
     finally:
         app.stop()
-        with psycopg.connect(services.owner_database_url(), autocommit=True) as conn:
-            conn.execute("DELETE FROM login_failures")
+        forget_login_failures(services)
 
 
 def test_the_outbox_is_bounded_and_a_hung_store_never_stalls_requests(
@@ -79,7 +84,7 @@ def test_the_outbox_is_bounded_and_a_hung_store_never_stalls_requests(
         services,
         tmp_path,
         MLOPS_STORE_MAX_DELAY_SECONDS="1",
-        MLOPS_OUTBOX_MAX_BYTES=str(400 * 1024),
+        MLOPS_OUTBOX_MAX_BYTES=str(64 * 1024),  # a few hundred of these small PNGs
     )
     statuses: list[int] = []
     slowest = [0.0]
@@ -151,7 +156,10 @@ def test_the_web_app_starts_and_serves_while_mlflow_is_down(
     try:
         body = down.predict(test_images[1][0])
         seconds = time.monotonic() - started
-        ready = down.get("/readyz").json()
+        deadline = time.monotonic() + 60
+        while (ready := down.get("/readyz").json())["mlflow"] == "not asked yet":
+            assert time.monotonic() < deadline, "the app never tried MLflow"
+            time.sleep(0.5)
     finally:
         down.stop()
     print(f"\nwith MLflow down: a served prediction {seconds:.1f} s after the process started")
@@ -170,7 +178,7 @@ def pixel_bomb(side: int = 5000) -> bytes:
 def test_costly_decodes_wait_their_turn_and_small_uploads_do_not(
     services, production_model, test_images, tmp_path
 ):
-    app = start_web(services, tmp_path, MLOPS_DECODE_WAIT_SECONDS="0.5")
+    app = start_web(services, tmp_path, MLOPS_DECODE_WAIT_SECONDS="0.05")
     bomb = pixel_bomb()
     try:
         wait_ready(app)
