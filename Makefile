@@ -85,9 +85,9 @@ molecule: venv venv-dev docker wheelhouse ## Every molecule scenario, or SCENARI
 	  tools/molecule-test "$$scenario"; \
 	done
 
-.PHONY: molecule-lanes
-molecule-lanes: venv venv-dev docker wheelhouse ## Every scenario, in two parallel lanes (what make test runs)
-	@tools/molecule-lanes $(SCENARIOS)
+.PHONY: suite
+suite: venv venv-dev docker wheelhouse ## pytest and every scenario, in two lanes side by side (what make test runs)
+	@tools/test-lanes $(SCENARIOS)
 
 .PHONY: clean
 clean: ## Remove test containers left behind (keeps caches and the venv)

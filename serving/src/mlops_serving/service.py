@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import secrets
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,6 +15,10 @@ from mlops_uploads import web as uploads
 from .context import state
 from .outbox import content_key
 from .preprocess import MIME, ImageRejected, prepare
+
+log = logging.getLogger(__name__)
+# A prediction slower than this is logged with where its time went.
+SLOW_PREDICTION_SECONDS = 1.0
 
 
 class NoModel(RuntimeError):
@@ -98,10 +104,14 @@ def predict_and_store(data: bytes) -> Prediction:
     model = app.models.current  # this request keeps this model, whatever a reload does
     if model is None:
         raise NoModel("no production model is loaded yet")
+    marks = [("start", time.monotonic())]
     if app.shipper.full():
         raise Busy("too many uploads wait for the object store; try again later", 30)
+    marks.append(("outbox size", time.monotonic()))
     prepared = prepare(data, max_pixels=app.config.max_pixels, gate=app.decode_gate)
+    marks.append(("decode", time.monotonic()))
     probabilities = [float(p) for p in model.probabilities(prepared.model_input())[0]]
+    marks.append(("model", time.monotonic()))
     digit = max(range(len(probabilities)), key=probabilities.__getitem__)
     sha, key = content_key(data, prepared.extension)
     token = secrets.token_urlsafe(24)
@@ -118,9 +128,18 @@ def predict_and_store(data: bytes) -> Prediction:
             model_version=model.version,
             feedback_token=token,
         )
+    marks.append(("insert", time.monotonic()))
     app.shipper.queued()
     app.shipper.help_when_overdue()
+    marks.append(("helping the shipper", time.monotonic()))
     app.metrics.predictions.labels(digit=str(digit)).inc()
+    if marks[-1][1] - marks[0][1] > SLOW_PREDICTION_SECONDS:
+        log.warning(
+            "slow prediction: %s",
+            ", ".join(
+                f"{name} {(t - marks[i][1]) * 1000:.0f} ms" for i, (name, t) in enumerate(marks[1:])
+            ),
+        )
     return Prediction(public_id, digit, probabilities, model.version, model.data_version, token)
 
 
