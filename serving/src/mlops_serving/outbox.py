@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import boto3
 import psycopg
+from botocore import handlers as botocore_handlers
 from botocore.config import Config as BotoConfig
 from mlops_uploads import object_key
 from prometheus_client import Counter
@@ -102,18 +103,28 @@ def outbox_ages(conn: psycopg.Connection) -> tuple[float, float] | None:
 # --- the shipper ------------------------------------------------------------
 
 
-def s3_client(endpoint: str, connect: float, read: float, attempts: int):
+def s3_client(endpoint: str, connect: float, read: float, attempts: int, expect_continue=True):
+    """An S3 client that tries `attempts` times in all.
+
+    Without `expect_continue`, a PUT sends its body at once instead of first
+    waiting up to a second for "100 Continue": with a hung store that wait came
+    on top of the read timeout (measured: 2.0 s instead of 1.0 s per try).
+    """
     # A session of its own: boto3's default session keeps the first credentials it
     # found for the life of the process, whatever the environment says later.
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         config=BotoConfig(
             connect_timeout=connect,
             read_timeout=read,
-            retries={"max_attempts": attempts, "mode": "standard"},
+            # total_max_attempts counts the first try; max_attempts would not.
+            retries={"total_max_attempts": attempts, "mode": "standard"},
         ),
     )
+    if not expect_continue:
+        client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
+    return client
 
 
 class UploadShipper:
@@ -149,7 +160,9 @@ class UploadShipper:
         self._bytes_read_at = float("-inf")
         self.s3 = s3_client(endpoint, connect=2, read=20, attempts=3)
         # What a request uses when it helps: one try, about a second at most.
-        self.s3_in_request = s3_client(endpoint, connect=0.5, read=1, attempts=1)
+        self.s3_in_request = s3_client(
+            endpoint, connect=0.5, read=1, attempts=1, expect_continue=False
+        )
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
