@@ -127,3 +127,14 @@ def test_the_server_roles_take_their_versions_from_their_locks():
         assert f"{role}_version:" in derived and f"{role}_requirements" in derived
         lock = folder / defaults[f"{role}_requirements"]
         assert pins(lock)[package], f"{lock} pins no {package}"
+
+
+def test_the_web_app_looks_for_the_onnx_file_where_the_flows_put_it():
+    pattern = re.compile(r'^ONNX_IN_MODEL = "([^"]+)"$', re.MULTILINE)
+    places = [
+        ROOT / "flows" / "src" / "mlops_flows" / "tracking.py",
+        ROOT / "serving" / "src" / "mlops_serving" / "model.py",
+    ]
+    paths = {place.name: pattern.findall(place.read_text()) for place in places}
+    assert all(len(found) == 1 for found in paths.values()), paths
+    assert paths["tracking.py"] == paths["model.py"], paths
