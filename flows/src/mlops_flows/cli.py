@@ -125,6 +125,7 @@ def cmd_deploy(args) -> dict:
 def cmd_run(args) -> dict:
     """A deployment run on the workers, with these parameters; waits for its end."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import MissingResult
 
     name = f"{args.flow}/{args.flow}" + (f"-{args.pool}" if args.pool else "")
     parameters = hyperparameters(args)
@@ -134,7 +135,10 @@ def cmd_run(args) -> dict:
     state = run.state
     outcome = {"deployment": name, "flow_run_id": str(run.id), "state": state.type.value}
     if state.is_completed():
-        outcome["result"] = state.result()
+        try:
+            outcome["result"] = state.result()
+        except MissingResult:  # the worker kept it: results are not stored where we can read
+            outcome["result"] = None
     elif state.is_final():
         raise ValueError(f"{name} ended {state.type.value}: {state.message}")
     return outcome
