@@ -167,23 +167,21 @@ class ModelHolder:
         with tempfile.TemporaryDirectory(dir=self.model_dir, prefix=f"v{version.version}-") as tmp:
             # The ONNX file alone: one proxied download instead of the whole MLflow
             # model's eight files (on a busy MLflow that was 8 s of a 40 s switch).
-            found = [
-                Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{self.name}/{version.version}/{ONNX_IN_MODEL}",
-                        dst_path=tmp,
-                    )
+            onnx = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version.version}/{ONNX_IN_MODEL}",
+                    dst_path=tmp,
                 )
-            ]
+            )
             tags = version.tags or {}
             info = ModelInfo(
                 version=str(version.version),
                 data_version=tags.get("data_version", "unknown"),
                 test_accuracy=tags.get("test_accuracy", "unknown"),
-                sha256=sha256_of(found[0]),
+                sha256=sha256_of(onnx),
             )
-            loaded = open_session(found[0], info)
-            self._keep(found[0], info)
+            loaded = open_session(onnx, info)
+            self._keep(onnx, info)
         return loaded
 
     def _go_live(self, loaded: Loaded, source: str) -> None:
