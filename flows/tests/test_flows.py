@@ -72,17 +72,24 @@ def test_bootstrap_publishes_data_v1_and_v2_and_is_idempotent(worker_env):
     assert mlops("data", "list", env=worker_env)["versions"] == ["data-v1", "data-v2"]
 
 
-def test_a_version_is_immutable(worker_env):
-    """Other content under a published tag is refused (a two-image tree is enough to differ)."""
-    repo = DataRepo(Settings.from_env())
+def one_image_tree(name: str, image: Image.Image):
+    """A dataset builder for DataRepo.publish: one image of a 3 in train and in test."""
 
     def build(target: Path, _base: Path | None) -> None:
         for split in ("train", "test"):
             (target / split / "3").mkdir(parents=True)
-            Image.new("L", (28, 28), 255).save(target / split / "3" / "other.png")
+            image.save(target / split / "3" / f"{name}.png")
 
+    return build
+
+
+def test_a_version_is_immutable(worker_env):
+    """Other content under a published tag is refused (a two-image tree is enough to differ)."""
+    repo = DataRepo(Settings.from_env())
     with pytest.raises(DataRepoError, match="already exists with other content"):
-        repo.publish(build, tag="data-v1", needs_base=False)
+        repo.publish(
+            one_image_tree("other", Image.new("L", (28, 28), 255)), tag="data-v1", needs_base=False
+        )
 
 
 def test_training_through_a_deployment_on_a_process_worker(worker_env, services, tmp_path):
@@ -224,13 +231,9 @@ def test_two_publishers_cannot_both_create_the_same_version(worker_env, tmp_path
     results, errors = {}, []
 
     def publish(name: str, seed: int) -> None:
-        def build(target: Path, _base: Path | None) -> None:
-            # Small trees: the race is in git and the tags, not in the number of files.
-            pixels = (np.random.default_rng(seed).random((28, 28)) * 255).astype(np.uint8)
-            for split in ("train", "test"):
-                (target / split / "3").mkdir(parents=True)
-                Image.fromarray(pixels, mode="L").save(target / split / "3" / f"race-{name}.png")
-
+        # Small trees: the race is in git and the tags, not in the number of files.
+        pixels = (np.random.default_rng(seed).random((28, 28)) * 255).astype(np.uint8)
+        build = one_image_tree(f"race-{name}", Image.fromarray(pixels, mode="L"))
         try:
             results[name] = repo.publish(build, needs_base=False).tag
         except Exception as error:  # a failure must surface in the test
