@@ -19,8 +19,11 @@ def web(services, production_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(services, tmp_path_factory):
-    """The fixed test set of the newest data version: (png bytes, label) pairs, and the folder."""
+def test_images(services, production_model, tmp_path_factory):
+    """The test set the production model was scored on: (png bytes, label) pairs.
+
+    Its own data version, not the newest: the flows tests publish tiny trees of their own.
+    """
     from mlops_flows.config import Settings
     from mlops_flows.datarepo import DataRepo
 
@@ -29,7 +32,9 @@ def test_images(services, tmp_path_factory):
     os.environ.update(env)
     try:
         repo = DataRepo(Settings.from_env())
-        version = repo.fetch(repo.latest(), tmp_path_factory.mktemp("data") / "repo")
+        version = repo.fetch(
+            production_model.tags["data_version"], tmp_path_factory.mktemp("data") / "repo"
+        )
     finally:
         os.environ.clear()
         os.environ.update(saved)

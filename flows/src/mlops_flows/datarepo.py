@@ -266,10 +266,18 @@ class DataRepo:
 
     # --- helpers -------------------------------------------------------
     def _configure_remote(self, workspace: Path) -> None:
-        """Deployment-specific remote settings go to .dvc/config.local (not committed)."""
+        """Deployment-specific settings go to .dvc/config.local (not committed).
+
+        Every workspace on a host shares one DVC cache: a version fetched or
+        published once is never downloaded again (a retrain publishes data-vN+1
+        on top of data-vN and then trains on it; each was thousands of GETs).
+        """
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         for option, value in (("endpointurl", self.settings.s3_endpoint), ("region", region)):
             run([self.dvc, "remote", "modify", "--local", REMOTE, option, value], cwd=workspace)
+        cache = self.settings.work_dir / "dvc-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        run([self.dvc, "config", "--local", "cache.dir", str(cache)], cwd=workspace)
 
     def _md5(self, workspace: Path) -> str:
         meta = yaml.safe_load((workspace / f"{DATA_DIR}.dvc").read_text())
