@@ -175,25 +175,28 @@ def laptop(spec: dict) -> dict:
             result[name] = "allowed"
         except ClientError as error:
             result[name] = error.response.get("Error", {}).get("Code", "refused")
-    ran = subprocess.run(
-        [
-            str(BIN / "mlops-flows"),
-            "run",
-            "train",
-            "--pool",
-            "cpu-pool",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "128",
-            "--timeout",
-            "1800",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    result["run"] = json.loads(ran.stdout)["state"] if ran.returncode == 0 else ran.stderr[-800:]
+    # The deployment run trains on the worker while the notebook trains here
+    # (its output to files: a full pipe would stall it).
+    run_log = Path(env["MLOPS_WORK_DIR"]) / "deployment-run"
+    with open(f"{run_log}.out", "w") as out, open(f"{run_log}.err", "w") as err:
+        deployment_run = subprocess.Popen(
+            [
+                str(BIN / "mlops-flows"),
+                "run",
+                "train",
+                "--pool",
+                "cpu-pool",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--timeout",
+                "1800",
+            ],
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
     import nbformat
     from nbclient import NotebookClient
 
@@ -207,6 +210,9 @@ def laptop(spec: dict) -> dict:
         result["notebook"] = "ran"
     except Exception as error:  # a failed cell: the report says which
         result["notebook"] = f"{type(error).__name__}: {str(error)[-500:]}"
+    ran_ok = deployment_run.wait(timeout=1800) == 0
+    output = Path(f"{run_log}.out" if ran_ok else f"{run_log}.err").read_text()
+    result["run"] = json.loads(output)["state"] if ran_ok else output[-800:]
     result["ok"] = (
         isinstance(result["fetch"], dict)
         and result["fetch"]["train"] > 0
