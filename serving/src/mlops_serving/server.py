@@ -42,12 +42,31 @@ def waitress_limits(config: Config) -> dict:
     }
 
 
+def json_errors() -> None:
+    """Errors waitress answers itself are JSON, like the app's.
+
+    waitress refuses some requests before the app sees them (a body over
+    max_request_body_size, a malformed request line or header); its own
+    answer is text/plain, and clients of the API read `{"error": ...}`.
+    """
+    import json
+
+    from waitress.utilities import Error
+
+    def to_response(self, ident=None):
+        body = json.dumps({"error": f"{self.reason}: {self.body}"}).encode()
+        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+    Error.to_response = to_response
+
+
 def serve_app(config: Config, decode_slots, **where) -> None:
     from waitress import serve
 
     from .app import create_app
 
     app = create_app(config, decode_slots=decode_slots)
+    json_errors()
     serve(app, threads=config.web_threads, **waitress_limits(config), **where)
 
 
