@@ -109,7 +109,7 @@ class DataRepo:
             raise DataRepoError(f"dataset version {tag} does not exist in {self.url}")
         shutil.rmtree(dest, ignore_errors=True)
         run(["git", "clone", "--quiet", "--depth", "1", "--branch", tag, self.url, str(dest)])
-        self._configure_remote(dest)
+        self._configure_workspace(dest)
         run([self.dvc, "pull", "--quiet", "--jobs", TRANSFER_JOBS, "--remote", REMOTE], cwd=dest)
         return self._describe(dest, tag)
 
@@ -204,10 +204,10 @@ class DataRepo:
                     ],
                     cwd=workspace,
                 )
-            self._configure_remote(workspace)
+            self._configure_workspace(workspace)
             return None
         run(["git", "checkout", "--quiet", "-B", BRANCH, latest], cwd=workspace)
-        self._configure_remote(workspace)
+        self._configure_workspace(workspace)
         if pull:
             run(
                 [self.dvc, "pull", "--quiet", "--jobs", TRANSFER_JOBS, "--remote", REMOTE],
@@ -265,7 +265,7 @@ class DataRepo:
         raise DataRepoError(f"git push failed: {pushed.stderr.strip()}")
 
     # --- helpers -------------------------------------------------------
-    def _configure_remote(self, workspace: Path) -> None:
+    def _configure_workspace(self, workspace: Path) -> None:
         """Deployment-specific settings go to .dvc/config.local (not committed).
 
         Every workspace on a host shares one DVC cache: a version fetched or
