@@ -23,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 from . import dataset
-from .config import ConfigError, Settings
+from .config import ConfigError, Hyperparameters, Settings
 from .datarepo import DataRepo, DataRepoError
-from .train import Hyperparameters
 
 DEFAULTS = Hyperparameters()
 

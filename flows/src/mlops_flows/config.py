@@ -8,8 +8,25 @@ AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """A training run's parameters (here, not in train.py: the command line reads the
+    defaults without importing torch, which costs 10 to 30 s on a small host)."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    validation_share: float = 0.1
+    seed: int = 42
+    device: str = "auto"
+
+    def as_params(self) -> dict:
+        return asdict(self)
 
 
 class ConfigError(RuntimeError):

@@ -10,7 +10,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .config import Hyperparameters
 from .model import INPUT_NAME, OUTPUT_NAME, DigitClassifier
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: int = 12
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    validation_share: float = 0.1
-    seed: int = 42
-    device: str = "auto"
-
-    def as_params(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
