@@ -2,6 +2,8 @@
 
 Usage (the spec, with the credentials, comes on stdin as JSON):
     python check_server.py check        accounts, artifacts, registry, auth, Prefect
+    python check_server.py mlflow       the MLflow half of `check` (after MLflow was killed)
+    python check_server.py prefect      the Prefect half of `check` (after Prefect was killed)
     python check_server.py still-there  the experiment and artifact of `check` survive
 
 Spec: {"mlflow_url", "prefect_api_url", "prefect_auth_string",
@@ -213,15 +215,18 @@ class Checks:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "check"
-    checks = Checks(json.load(sys.stdin))
-    if command == "check":
-        checks.mlflow()
-        checks.prefect()
-    elif command == "still-there":
-        checks.still_there()
-    else:
+    steps = {
+        "check": ("mlflow", "prefect"),
+        "mlflow": ("mlflow",),
+        "prefect": ("prefect",),
+        "still-there": ("still_there",),
+    }
+    if command not in steps:
         print(f"unknown command {command}", file=sys.stderr)
         return 2
+    checks = Checks(json.load(sys.stdin))
+    for step in steps[command]:
+        getattr(checks, step)()
     print(json.dumps({"command": command, "results": checks.results, "failures": checks.failures}))
     return 1 if checks.failures else 0
 
