@@ -56,8 +56,12 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
         client.set_registered_model_alias("mnist", "production", new.version)
         moved_at = time.monotonic()
         deadline = moved_at + 45
+        all_new_at = None
+        # Until both waitress processes answer with it (each polls on its own).
         while time.monotonic() < deadline:
-            if any(version == new.version for _, _, version in outcomes[-8:]):
+            recent = [version for _, _, version in outcomes[-8:]]
+            if len(recent) == 8 and all(version == new.version for version in recent):
+                all_new_at = time.monotonic()
                 break
             time.sleep(0.2)
         served_new = len(outcomes)
@@ -75,9 +79,13 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
     seconds = first_new - moved_at
     print(
         f"\n{len(outcomes)} requests, 0 failed; version {new.version} served"
-        f" {seconds:.1f} s after the alias moved"
+        f" {seconds:.1f} s after the alias moved, by every process after"
+        f" {'-' if all_new_at is None else round(all_new_at - moved_at, 1)} s"
     )
     assert seconds <= 30
+    # Each process polls and loads on its own: on a busy 2-core machine the second one
+    # took more than 20 s after the first (the old check raced it through /readyz).
+    assert all_new_at is not None, "not every waitress process switched within 45 s"
     assert web.get("/readyz").json()["model_version"] == new.version
 
 
