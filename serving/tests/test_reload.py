@@ -83,8 +83,8 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
         f" {'-' if all_new_at is None else round(all_new_at - moved_at, 1)} s"
     )
     assert seconds <= 30
-    # Each process polls and loads on its own: on a busy 2-core machine the second one
-    # took more than 20 s after the first (the old check raced it through /readyz).
+    # Each process polls and loads on its own; the second can switch seconds after the
+    # first (4 s later on a busy 2-core machine), which a /readyz check alone raced.
     assert all_new_at is not None, "not every waitress process switched within 45 s"
     assert web.get("/readyz").json()["model_version"] == new.version
 
