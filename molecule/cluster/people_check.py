@@ -12,6 +12,8 @@
                                         and the example notebook, headless
     python people_check.py gone         alice, removed from the list, is refused everywhere
 
+With an edge, every URL is the edge's (HTTPS, the platform's CA the only trust
+anchor: spec "ca", and bob's settings name it for his tools).
 The spec comes on stdin as JSON; one JSON line is printed; exit 1 on failure.
 """
 
@@ -100,6 +102,9 @@ def accounts(spec: dict) -> dict:
         timeout=30,
     ).json()
     result["review_recorded_as"] = reviewed.get("reviewer")
+    # Through the edge (HTTPS) the session cookie is only ever sent back over HTTPS.
+    cookie = requests.get(f"{web}/login", timeout=30).headers.get("Set-Cookie", "")
+    result["secure_cookie"] = "; Secure" in cookie
 
     # bob logs a run and registers a candidate; the production alias is not his to move.
     os.environ.update(
@@ -132,6 +137,7 @@ def accounts(spec: dict) -> dict:
         and result["bob_mlflow_login"] == 200
         and result["review_recorded_as"] == "alice"
         and result["bob_sets_production"] == 403
+        and result["secure_cookie"] == web.startswith("https://")
     )
     return result
 
@@ -164,6 +170,7 @@ def laptop(spec: dict) -> dict:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
+        verify=env.get("AWS_CA_BUNDLE") or None,
     )
     bucket = env["MLOPS_DVC_BUCKET"]
     for key, name in (
@@ -241,6 +248,8 @@ def gone(spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     spec = json.load(sys.stdin)
+    if spec.get("ca"):  # requests (and MLflow's client) trust the edge's CA, nothing else
+        os.environ["REQUESTS_CA_BUNDLE"] = spec["ca"]
     report = {"accounts": accounts, "laptop": laptop, "gone": gone}[argv[0]](spec)
     print(json.dumps({"step": argv[0], **report}, default=str))
     return 0 if report["ok"] else 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import io
+import json
 import os
 import signal
 import threading
@@ -51,13 +54,54 @@ def forget_login_failures(services) -> None:
         conn.execute("DELETE FROM login_failures")
 
 
-def test_password_guessing_is_slowed_per_client_and_logged(services, tmp_path):
-    forget_login_failures(services)  # earlier tests' wrong passwords came from this client too
-    app = start_web(
-        services, tmp_path, MLOPS_LOGIN_FAILURES_PER_CLIENT="3", MLOPS_LOGIN_WINDOW_SECONDS="60"
+EDGE = "127.0.0.2"  # the app trusts this address as its proxy (loopback: any 127.x is ours)
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+def request_from(app, source: str, method: str, path: str, headers: dict, body=None):
+    """A request whose TCP peer is `source`, as the edge's (or a stranger's) would be."""
+    port = int(app.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=30, source_address=(source, 0)
     )
     try:
-        statuses = [login(app, "reviewer", f"guess-{i}").status_code for i in range(3)]
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        answer.read()
+        return answer
+    finally:
+        connection.close()
+
+
+def review_with_basic_auth(app, source: str, password: str, headers: dict) -> int:
+    token = base64.b64encode(f"reviewer:{password}".encode()).decode()
+    body = json.dumps({"upload_id": "x", "action": "confirm", "seen_label": 1})
+    answer = request_from(
+        app,
+        source,
+        "POST",
+        "/api/v1/review",
+        {**headers, "Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        body,
+    )
+    return answer.status
+
+
+def test_password_guessing_is_slowed_per_client_named_by_the_edge_only(services, tmp_path):
+    forget_login_failures(services)  # earlier tests' wrong passwords came from this client too
+    app = start_web(
+        services,
+        tmp_path,
+        MLOPS_LOGIN_FAILURES_PER_CLIENT="3",
+        MLOPS_LOGIN_WINDOW_SECONDS="60",
+        MLOPS_TRUSTED_PROXY=EDGE,
+    )
+    try:
+        # A stranger's forged X-Forwarded-For does not hide where the guesses come from.
+        forged = {"X-Forwarded-For": "198.51.100.9"}
+        statuses = [
+            review_with_basic_auth(app, "127.0.0.1", f"guess-{i}", forged) for i in range(3)
+        ]
         assert statuses == [401, 401, 401]
         blocked = login(app, *app.reviewer)  # even the right password, for now
         assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
@@ -67,8 +111,25 @@ def test_password_guessing_is_slowed_per_client_and_logged(services, tmp_path):
             auth=app.reviewer,
         )
         assert basic.status_code == 429
+        # Through the edge, the client is the one it names: another client, not blocked.
+        assert review_with_basic_auth(app, EDGE, "wrong", FORWARDED) == 401
+        assert review_with_basic_auth(app, EDGE, app.reviewer[1], FORWARDED) != 429
         log = app.log.read_text()
         assert log.count("failed login for account 'reviewer' from 127.0.0.1") == 3
+        assert log.count("failed login for account 'reviewer' from 203.0.113.7") == 1
+        assert "198.51.100.9" not in log
+        # Session cookies are Secure when the edge says the client used HTTPS; plain HTTP,
+        # or a stranger claiming HTTPS, gets a cookie that still works over HTTP.
+        cookies = {
+            (source, proto): request_from(
+                app, source, "GET", "/login", {"X-Forwarded-Proto": proto}
+            ).getheader("Set-Cookie", "")
+            for source in (EDGE, "127.0.0.1")
+            for proto in ("https", "http")
+        }
+        assert "; Secure" in cookies[(EDGE, "https")], cookies
+        for key in ((EDGE, "http"), ("127.0.0.1", "https"), ("127.0.0.1", "http")):
+            assert cookies[key].startswith("session=") and "; Secure" not in cookies[key], cookies
     finally:
         app.stop()
         forget_login_failures(services)

@@ -273,7 +273,10 @@ class DataRepo:
         on top of data-vN and then trains on it; each was thousands of GETs).
         """
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-        for option, value in (("endpointurl", self.settings.s3_endpoint), ("region", region)):
+        options = [("endpointurl", self.settings.s3_endpoint), ("region", region)]
+        if os.environ.get("AWS_CA_BUNDLE"):  # the edge's private CA, on a laptop
+            options.append(("ssl_verify", os.environ["AWS_CA_BUNDLE"]))
+        for option, value in options:
             run([self.dvc, "remote", "modify", "--local", REMOTE, option, value], cwd=workspace)
         cache = self.settings.work_dir / "dvc-cache"
         cache.mkdir(parents=True, exist_ok=True)

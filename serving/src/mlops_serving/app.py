@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from psycopg import OperationalError
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -44,6 +45,15 @@ class State:
     decode_gate: DecodeGate
 
 
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is Secure on every request that came over HTTPS (through
+    the edge, whose X-Forwarded-Proto waitress trusts), and everywhere when
+    secure_cookies says so. Requests between hosts in plain HTTP still log in."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) or request.is_secure
+
+
 def create_app(
     config: Config | None = None, start_background: bool = True, decode_slots=None
 ) -> Flask:
@@ -59,8 +69,8 @@ def create_app(
         SESSION_COOKIE_SECURE=config.secure_cookies,
         PREFERRED_URL_SCHEME="https" if config.secure_cookies else "http",
         WTF_CSRF_TIME_LIMIT=3600,
-        WTF_CSRF_SSL_STRICT=config.secure_cookies,
     )
+    app.session_interface = SessionInterface()
     csrf = CSRFProtect(app)
     pool = ConnectionPool(
         config.database_url,

@@ -47,8 +47,11 @@ class Config:
     login_failures_per_client: int = 10
     login_failures_per_account: int = 20
     login_window_seconds: int = 900
-    # cookies only over HTTPS: set where the site is served over TLS (behind the edge)
+    # cookies only over HTTPS, on every request (behind the edge they are anyway)
     secure_cookies: bool = False
+    # the edge's address: its X-Forwarded-For/-Proto/-Host/-Port name the client
+    # and the URL it used (empty: no proxy is trusted, those headers are dropped)
+    trusted_proxy: str = ""
     # waitress: processes, threads, connections per process, idle timeout
     web_host: str = "0.0.0.0"  # noqa: S104 (a server)
     web_port: int = 8000

@@ -33,13 +33,27 @@ log = logging.getLogger("mlops_serving.server")
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def waitress_limits(config: Config) -> dict:
-    return {
+def waitress_settings(config: Config) -> dict:
+    settings = {
         "max_request_body_size": config.max_request_body_bytes,
         "connection_limit": config.web_connection_limit,
         "channel_timeout": config.web_channel_timeout,
         "ident": "mlops-serving",
+        # X-Forwarded-* from anyone but the edge are removed, never believed.
+        "clear_untrusted_proxy_headers": True,
     }
+    if config.trusted_proxy:
+        settings |= {
+            "trusted_proxy": config.trusted_proxy,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-port",
+            },
+        }
+    return settings
 
 
 def json_errors() -> None:
@@ -67,7 +81,7 @@ def serve_app(config: Config, decode_slots, **where) -> None:
 
     app = create_app(config, decode_slots=decode_slots)
     json_errors()
-    serve(app, threads=config.web_threads, **waitress_limits(config), **where)
+    serve(app, threads=config.web_threads, **waitress_settings(config), **where)
 
 
 def serve_processes(config: Config) -> int:
