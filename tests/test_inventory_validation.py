@@ -24,7 +24,13 @@ def run_playbook(playbook: str, inventory: dict, tmp_path: Path, *extra: str):
 
 
 def inventory(
-    server=("srv1",), cpu=("cpu1",), cuda=(), web=("web1",), backup=("bak1",), **all_vars
+    server=("srv1",),
+    cpu=("cpu1",),
+    cuda=(),
+    web=("web1",),
+    backup=("bak1",),
+    edge=("web1",),
+    **all_vars,
 ):
     def hosts(names):
         return {"hosts": {name: {"ansible_connection": "local"} for name in names}}
@@ -37,6 +43,7 @@ def inventory(
                 "workers": {"children": {"workers_cpu": hosts(cpu), "workers_cuda": hosts(cuda)}},
                 "web": hosts(web),
                 "backup": hosts(backup),
+                "edge": hosts(edge),
             },
         }
     }
@@ -54,8 +61,9 @@ def test_a_sound_inventory_passes(tmp_path):
         (inventory(server=("srv1", "srv2")), "it has 2: srv1, srv2"),
         (inventory(cpu=("box1",), cuda=("box1",)), "not both: box1"),
         (inventory(backup=("srv1",)), "The server host srv1 cannot be in group backup"),
+        (inventory(edge=("web1", "edge2")), "Group edge holds 2 hosts"),
     ],
-    ids=["no-server", "two-servers", "cpu-and-cuda", "backups-on-the-server"],
+    ids=["no-server", "two-servers", "cpu-and-cuda", "backups-on-the-server", "two-edges"],
 )
 def test_a_broken_inventory_fails_with_a_clear_message(tmp_path, broken, message):
     result = run_playbook("playbooks/validate.yml", broken, tmp_path)
