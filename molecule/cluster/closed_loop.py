@@ -6,7 +6,8 @@
                                        every original reaches the bucket, none failed
     python closed_loop.py retrain      a retrain deployment run: data-v3 with those 50, a
                                        new model version
-    python closed_loop.py follow       the web app serves the version holding the alias within 30 s
+    python closed_loop.py follow       every web host serves the version holding the alias
+                                       within 30 s
     python closed_loop.py served       the web app answers predictions again (after a restore)
     python closed_loop.py retrain-next 10 more uploads confirmed and a retrain: the next data
                                        version is the next number (no tag reused)
@@ -198,12 +199,13 @@ def step_retrain(spec: dict, state: dict) -> dict:
 
 
 def step_follow(spec: dict, state: dict) -> dict:
+    """Every web host serves the version holding the alias (each polls MLflow itself)."""
     holder = production().version
-    waited = wait_served(spec["web_url"], holder, 30)
+    waited = {url: wait_served(url, holder, 30) for url in spec.get("web_urls", [spec["web_url"]])}
     return {
-        "ok": waited is not None,
+        "ok": all(seconds is not None for seconds in waited.values()),
         "alias_version": holder,
-        "served_after_s": waited and round(waited, 1),
+        "served_after_s": {url: seconds and round(seconds, 1) for url, seconds in waited.items()},
     }
 
 
