@@ -35,22 +35,20 @@ def inventory(
     def hosts(names):
         return {"hosts": {name: {"ansible_connection": "local"} for name in names}}
 
-    return {
-        "all": {
-            "vars": all_vars,
-            "children": {
-                "mlops_server": hosts(server),
-                "workers": {"children": {"workers_cpu": hosts(cpu), "workers_cuda": hosts(cuda)}},
-                "web": hosts(web),
-                "backup": hosts(backup),
-                "edge": hosts(edge),
-            },
-        }
+    children = {
+        "mlops_server": hosts(server),
+        "workers": {"children": {"workers_cpu": hosts(cpu), "workers_cuda": hosts(cuda)}},
+        "web": hosts(web),
+        "backup": hosts(backup),
     }
+    if edge is not None:
+        children["edge"] = hosts(edge)
+    return {"all": {"vars": all_vars, "children": children}}
 
 
-def test_a_sound_inventory_passes(tmp_path):
-    result = run_playbook("playbooks/validate.yml", inventory(), tmp_path)
+@pytest.mark.parametrize("edge", [("web1",), None], ids=["with-an-edge", "without-an-edge-group"])
+def test_a_sound_inventory_passes(tmp_path, edge):
+    result = run_playbook("playbooks/validate.yml", inventory(edge=edge), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
