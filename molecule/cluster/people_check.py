@@ -10,6 +10,10 @@
                                         store refused and one to his scratch prefix accepted,
                                         a train run on the worker pool with his parameters,
                                         and the example notebook, headless
+    python people_check.py browser      a person in Chromium that trusts the platform's CA:
+                                        upload a digit through the edge, see the result, say
+                                        what it is; a Chromium that does not trust it is
+                                        refused (ERR_CERT_AUTHORITY_INVALID)
     python people_check.py gone         alice, removed from the list, is refused everywhere
 
 With an edge, every URL is the edge's (HTTPS, the platform's CA the only trust
@@ -33,6 +37,8 @@ from botocore.exceptions import ClientError
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# The browser steps the web app's own browser test takes.
+sys.path.insert(0, str(ROOT / "serving" / "tests"))
 
 
 def settings(path: str) -> dict:
@@ -231,6 +237,33 @@ def laptop(spec: dict) -> dict:
     return result
 
 
+def browser(spec: dict) -> dict:
+    from browser import chromium, upload_and_give_feedback
+
+    screenshots = ROOT / "test-output"
+    screenshots.mkdir(exist_ok=True)
+    result = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        digit = Path(scratch) / "seven.png"
+        digit.write_bytes(seven())
+        with chromium(trusted_ca=spec["ca"]) as trusting:
+            page = trusting.new_page(viewport={"width": 1100, "height": 900})
+            upload_id, predicted = upload_and_give_feedback(
+                page, spec["web_url"], digit, 7, screenshots, prefix="edge-"
+            )
+            result.update(upload=upload_id, predicted=predicted, url=page.url)
+            result["https"] = page.url.startswith("https://")
+        with chromium() as untrusting:
+            page = untrusting.new_page()
+            try:
+                page.goto(spec["web_url"] + "/")
+                result["untrusting_browser"] = "page opened"
+            except Exception as error:  # Playwright's Error: the net:: code is in its message
+                result["untrusting_browser"] = str(error).splitlines()[0]
+    result["ok"] = result["https"] and "ERR_CERT_AUTHORITY_INVALID" in result["untrusting_browser"]
+    return result
+
+
 def gone(spec: dict) -> dict:
     result = {
         "alice_web_login": web_login(spec["web_url"], "alice", spec["alice"]),
@@ -250,7 +283,8 @@ def main(argv: list[str]) -> int:
     spec = json.load(sys.stdin)
     if spec.get("ca"):  # requests (and MLflow's client) trust the edge's CA, nothing else
         os.environ["REQUESTS_CA_BUNDLE"] = spec["ca"]
-    report = {"accounts": accounts, "laptop": laptop, "gone": gone}[argv[0]](spec)
+    steps = {"accounts": accounts, "laptop": laptop, "browser": browser, "gone": gone}
+    report = steps[argv[0]](spec)
     print(json.dumps({"step": argv[0], **report}, default=str))
     return 0 if report["ok"] else 1
 

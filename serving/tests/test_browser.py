@@ -5,36 +5,14 @@ Screenshots of every page go to test-output/.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Headless, and quiet on a machine with a closed network.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from browser import chromium, upload_and_give_feedback
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not shutil.which("chromium"):
-        pytest.fail(
-            "Debian's chromium is not installed (make test installs it: tools/ensure-dev-packages)"
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def test_upload_predict_feedback_and_review_in_a_browser(
@@ -45,24 +23,7 @@ def test_upload_predict_feedback_and_review_in_a_browser(
     digit_file.write_bytes(data)
     page = browser.new_page(viewport={"width": 1100, "height": 900})
 
-    page.goto(web.url + "/")
-    page.screenshot(path=str(output_dir / "1-upload.png"), full_page=True)
-    page.set_input_files("#file", str(digit_file))  # choosing a file submits the form
-    page.wait_for_url("**/result/*")
-    predicted = int(page.inner_text("#digit"))
-    assert page.inner_text("#model-version").strip()
-    assert page.locator(".bars li").count() == 3
-    assert page.eval_on_selector("#seen", "img => img.complete && img.naturalWidth") == 28
-    page.screenshot(path=str(output_dir / "2-result.png"), full_page=True)
-    upload_id = page.url.rsplit("/", 1)[1]
-
-    if predicted == label:
-        page.click("#correct")
-    else:
-        page.click(f".feedback button.digit[value='{label}']")
-    page.wait_for_selector("#feedback-recorded")
-    assert f"is a {label}" in page.inner_text("#feedback-recorded")
-    page.screenshot(path=str(output_dir / "3-feedback.png"), full_page=True)
+    upload_id, _ = upload_and_give_feedback(page, web.url, digit_file, label, output_dir)
 
     page.goto(web.url + "/review")
     page.wait_for_url("**/login**")
