@@ -71,6 +71,9 @@ def web_login(web: str, username: str, password: str) -> int:
     answer = session.post(
         f"{web}/login",
         data={"csrf_token": token, "username": username, "password": password},
+        # As a browser sends it (the app's Referrer-Policy is same-origin): over HTTPS the
+        # CSRF check also wants the form posted from the app's own origin.
+        headers={"Referer": f"{web}/login"},
         allow_redirects=False,
         timeout=30,
     )
