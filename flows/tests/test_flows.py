@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,8 +210,16 @@ def test_retrain_turns_confirmed_uploads_into_data_v3(worker_env, services, tmp_
 
     fresh = DataRepo(Settings.from_env()).fetch("data-v3", tmp_path / "fresh")
     trained_on = {path.name for path in (fresh.path / "train").glob("*/*.png")}
-    assert set(names) <= trained_on
-    assert sum(fresh.train_counts.values()) == 4000 + 12
+    held_out = {path.name for path in (fresh.path / dataset.USERS_TEST).glob("*/*.png")}
+    # Each upload on one side only, the side its hash says; MNIST's test set unchanged.
+    assert trained_on.isdisjoint(held_out)
+    assert {name for name in trained_on | held_out if name.startswith("upload-")} == set(names)
+    assert len(held_out) == outcome["held_out"]
+    assert sum(fresh.train_counts.values()) == 4000 + 12 - len(held_out)
+    assert sum(fresh.users_test_counts.values()) == len(held_out)
+    assert sum(fresh.test_counts.values()) == 1000
+    scores = {score["test_set"]: score for score in outcome["scores"]}
+    assert set(scores) == ({"mnist", "users"} if held_out else {"mnist"})
     with psycopg.connect(services.client_env("web")["MLOPS_DATABASE_URL"]) as conn:
         used = conn.execute(
             "SELECT count(*) FROM uploads WHERE used_in_version = 'data-v3'"
@@ -222,7 +231,13 @@ def test_retrain_with_nothing_new_skips(worker_env):
     from mlops_flows.flows import retrain
 
     outcome = retrain(epochs=1)
-    assert outcome == {"skipped": True, "uploads": 0, "data_version": None, "created": False}
+    assert outcome == {
+        "skipped": True,
+        "uploads": 0,
+        "held_out": 0,
+        "data_version": None,
+        "created": False,
+    }
     assert DataRepo(Settings.from_env()).latest() == "data-v3"
 
 
@@ -298,3 +313,67 @@ def test_retrain_claims_its_rows_and_holds_no_lock_while_it_publishes(
             "SELECT count(*) FROM uploads WHERE used_in_version = %s", (outcome["data_version"],)
         ).fetchone()
     assert left[0] == 0 and used[0] == 3
+
+
+def test_better_on_mnist_but_worse_on_the_users_images_keeps_the_alias(worker_env, tmp_path):
+    """The users' domain here: MNIST digits inverted (dark on light). Production learned it;
+    the candidate trained on more MNIST alone is better on MNIST and fails the users' set."""
+    from mlflow import MlflowClient
+    from mlops_flows.flows import train
+
+    client = MlflowClient()
+    before = client.get_model_version_by_alias("mnist", PRODUCTION).version
+    repo = DataRepo(Settings.from_env())
+    base = repo.fetch("data-v2", tmp_path / "base").path
+    mnist_train, train_labels, _ = dataset.load_split(base, "train")
+    users_images, users_labels, _ = dataset.load_split(base, "test")
+    inverted = 255 - users_images
+    # Held-out users' images: half of the inverted test images; the other half trains model A.
+    held = np.arange(len(inverted)) % 2 == 0
+
+    def tree(mnist_count: int, with_users_training: bool):
+        def build(target: Path, _base) -> None:
+            shutil.copytree(base / "test", target / "test")
+            picked = np.random.default_rng(7).permutation(len(train_labels))[:mnist_count]
+            samples = dataset.samples_from(mnist_train, train_labels, picked)
+            if with_users_training:
+                samples += [
+                    dataset.Sample(dataset.content_name(p, "upload"), int(label), p)
+                    for p, label in zip(inverted[~held], users_labels[~held], strict=True)
+                ]
+            dataset.write_split(target, "train", samples)
+            dataset.write_split(
+                target,
+                dataset.USERS_TEST,
+                [
+                    dataset.Sample(dataset.content_name(p, "upload"), int(label), p)
+                    for p, label in zip(inverted[held], users_labels[held], strict=True)
+                ],
+            )
+
+        return build
+
+    users_trained = repo.publish(tree(1000, True), needs_base=False).tag
+    mnist_only = repo.publish(tree(4000, False), needs_base=False).tag
+    try:
+        first = train(data_version=users_trained, epochs=3)
+        # As an operator would after looking at it: model A serves the users' domain.
+        client.set_registered_model_alias("mnist", PRODUCTION, first["version"])
+        outcome = train(data_version=mnist_only, epochs=3)
+    finally:
+        client.set_registered_model_alias("mnist", PRODUCTION, before)
+
+    scores = {score["test_set"]: score for score in outcome["scores"]}
+    print(f"\nproduction (version {first['version']}, {users_trained}) vs candidate: {scores}")
+    assert scores["users"]["images"] == int(held.sum())
+    assert scores["mnist"]["candidate"] > scores["mnist"]["production"], "better on MNIST"
+    assert scores["users"]["candidate"] < scores["users"]["production"] - 0.1, "clearly worse"
+    assert outcome["promoted"] is False
+    assert outcome["reason"].startswith(f"On the users test set ({int(held.sum())} images)")
+    assert outcome["production_version"] == first["version"]
+    version = client.get_model_version("mnist", outcome["version"])
+    assert version.tags["promotion"] == "not promoted"
+    assert version.tags["promotion_reason"] == outcome["reason"]
+    assert float(version.tags["users_test_accuracy"]) == pytest.approx(
+        scores["users"]["candidate"], abs=1e-4
+    )

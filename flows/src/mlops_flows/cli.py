@@ -79,6 +79,7 @@ def cmd_data_fetch(args) -> dict:
         "dvc_md5": version.dvc_md5,
         "train": sum(version.train_counts.values()),
         "test": sum(version.test_counts.values()),
+        "users_test": sum(version.users_test_counts.values()),
     }
 
 

@@ -30,7 +30,7 @@ class Hyperparameters:
 
 
 class ConfigError(RuntimeError):
-    """A required setting is missing."""
+    """A required setting is missing or out of range."""
 
 
 def _required(name: str) -> str:
@@ -51,6 +51,8 @@ class Settings:
     work_dir: Path
     # how many data versions a worker keeps fetched (the newest)
     data_cache_versions: int = 3
+    # the share of confirmed uploads held out as the users' test set
+    users_test_share: float = 0.2
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,4 +65,18 @@ class Settings:
             registered_model=os.environ.get("MLOPS_REGISTERED_MODEL", "mnist"),
             work_dir=Path(os.environ.get("MLOPS_WORK_DIR", Path.home() / ".cache" / "mlops-flows")),
             data_cache_versions=int(os.environ.get("MLOPS_DATA_CACHE_VERSIONS", "3")),
+            users_test_share=_share("MLOPS_USERS_TEST_SHARE", 0.2),
         )
+
+
+def _share(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number from 0 up to (not including) 1, not {raw!r}")
+    return value

