@@ -323,3 +323,57 @@ def test_forms_need_a_csrf_token(web, test_images):
     answer = web.post(f"/feedback/{public_id}", data={"label": "3"})
     assert answer.status_code == 400
     assert "form expired" in answer.text
+
+
+def samples(web, name: str) -> dict[tuple, float]:
+    """A metric's samples from /metrics, by their labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(web.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_live_accuracy_counts_feedback_and_reviews_per_version(web, test_images, production_model):
+    version = production_model.version
+
+    def count(name: str, verdict: str) -> float:
+        key = (("model_version", version), ("verdict", verdict))
+        return samples(web, name).get(key, 0.0)
+
+    names = ("mlops_feedback_total", "mlops_reviews_total")
+    before = {(name, v): count(name, v) for name in names for v in ("right", "wrong", "rejected")}
+    status_before = web.get("/status").text
+    backlog_before = int(re.search(r'id="backlog">(\d+)<', status_before).group(1))
+
+    # Three uploads: feedback says right, feedback says wrong, a reviewer corrects one.
+    answers = [web.predict(fresh(test_images[i][0], f"live-{i}")) for i in range(3)]
+    for answer, label in zip(answers[:2], (None, "wrong"), strict=True):
+        given = answer["digit"] if label is None else (answer["digit"] + 1) % 10
+        body = {"upload_id": answer["upload_id"], "feedback_token": answer["feedback_token"]}
+        web.post("/api/v1/feedback", json={**body, "label": given}).raise_for_status()
+    third = answers[2]
+    corrected = review(
+        web, third["upload_id"], "correct", seen=third["digit"], label=(third["digit"] + 3) % 10
+    )
+    assert corrected.status_code == 200, corrected.text
+
+    assert count("mlops_feedback_total", "right") == before[("mlops_feedback_total", "right")] + 1
+    assert count("mlops_feedback_total", "wrong") == before[("mlops_feedback_total", "wrong")] + 1
+    assert count("mlops_reviews_total", "wrong") == before[("mlops_reviews_total", "wrong")] + 1
+    predictions = samples(web, "mlops_predictions_total")
+    assert sum(v for k, v in predictions.items() if ("model_version", version) in k) >= 3
+
+    # The status page: the accuracy chart has a point for this version today, the
+    # version's row names its data version, and the backlog grew by the two pending uploads.
+    status = web.get("/status")
+    assert status.status_code == 200
+    page = status.text
+    assert re.search(rf'<g class="point" data-version="{version}">', page)
+    assert 'id="uploads-chart"' in page and 'id="confusion-chart"' in page
+    row = re.search(rf"<tr><td>{version}</td><td>([^<]+)</td>", page)
+    assert row and row.group(1) == production_model.tags["data_version"]
+    assert int(re.search(r'id="backlog">(\d+)<', page).group(1)) == backlog_before + 2

@@ -51,6 +51,12 @@ def test_upload_predict_feedback_and_review_in_a_browser(
     page.goto(web.url + "/status")
     assert page.inner_text("#model-version").strip()
     assert page.inner_text("#data-version").startswith("data-v")
+    # The live figures, drawn as charts: this upload's confirmed label is a point today.
+    version = page.inner_text("#model-version").strip()
+    assert page.locator(f'#accuracy-chart g.point[data-version="{version}"]').count() >= 1
+    assert page.locator("#uploads-chart g.bar").count() >= 1
+    assert page.locator("#confusion-chart rect").count() == 100
+    assert page.locator("#accuracy-chart").bounding_box()["width"] > 300, "drawn, not collapsed"
     page.screenshot(path=str(output_dir / "6-status.png"), full_page=True)
     page.close()
 

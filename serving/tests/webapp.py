@@ -65,6 +65,8 @@ def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str
         "MLOPS_SECRET_KEY": secrets.token_urlsafe(32),
         "MLOPS_REVIEWERS": f"{reviewer[0]}:{generate_password_hash(reviewer[1])}",
         "MLOPS_MODEL_POLL_SECONDS": "2",
+        # The status page's figures as they are now, not as a minute ago.
+        "MLOPS_STATUS_REFRESH_SECONDS": "0",
         "MLOPS_MODEL_DIR": str(tmp_path / "models"),
         **overrides,
     }

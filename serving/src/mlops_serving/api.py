@@ -92,6 +92,7 @@ def feedback():
         label = upload_or_404(public_id).predicted_label
     with state().pool.connection() as conn:
         refuse_unless_done(uploads.set_feedback(conn, public_id, token, label))
+    state().metrics.count_feedback(upload_or_404(public_id))
     return jsonify(upload_id=public_id, user_label=label)
 
 
@@ -124,6 +125,7 @@ def review():
     with state().pool.connection() as conn:
         refuse_unless_done(uploads.review(conn, public_id, action, auth.username, seen, label))
     row = upload_or_404(public_id)
+    state().metrics.count_review(row)
     return jsonify(
         upload_id=public_id,
         review_status=row.review_status,

@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .model import ModelHolder
 from .outbox import UploadShipper
 from .preprocess import ImageRejected
+from .quality import QualityCache
 from .service import Busy, DecodeGate, NoModel
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class State:
     pool: ConnectionPool
     metrics: Metrics
     decode_gate: DecodeGate
+    quality: QualityCache
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -102,7 +104,9 @@ def create_app(
         failures=metrics.store_failures,
     )
     gate = DecodeGate(config.costly_decode_pixels, config.decode_wait_seconds, decode_slots)
-    state = State(config, models, shipper, pool, metrics, gate)
+    state = State(
+        config, models, shipper, pool, metrics, gate, QualityCache(config.status_refresh_seconds)
+    )
     app.extensions["mlops"] = state
 
     from .api import api

@@ -47,6 +47,8 @@ class Config:
     login_failures_per_client: int = 10
     login_failures_per_account: int = 20
     login_window_seconds: int = 900
+    # how often a process recomputes the status page's figures (a month of uploads)
+    status_refresh_seconds: int = 60
     # cookies only over HTTPS, on every request (behind the edge they are anyway)
     secure_cookies: bool = False
     # the edge's address: its X-Forwarded-For/-Proto/-Host/-Port name the client

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, latency, predictions per digit, the model version.
+"""Prometheus metrics: requests, latency, predictions per digit and model version, the
+people's verdicts on them (the uploader's feedback, a reviewer's decision), the model version.
 
 With several waitress processes (server.py sets PROMETHEUS_MULTIPROC_DIR)
 each process writes its values to files there, and /metrics sums them.
@@ -38,7 +39,23 @@ class Metrics:
             registry=self.registry,
         )
         self.predictions = Counter(
-            "mlops_predictions_total", "Predictions by digit", ["digit"], registry=self.registry
+            "mlops_predictions_total",
+            "Predictions by digit and model version",
+            ["digit", "model_version"],
+            registry=self.registry,
+        )
+        # Live accuracy: right / (right + wrong), per version, from two sources.
+        self.feedback = Counter(
+            "mlops_feedback_total",
+            "Uploaders' feedback on a prediction: right or wrong, by model version",
+            ["model_version", "verdict"],
+            registry=self.registry,
+        )
+        self.reviews = Counter(
+            "mlops_reviews_total",
+            "Reviewers' decisions on a prediction: right, wrong or rejected, by model version",
+            ["model_version", "verdict"],
+            registry=self.registry,
         )
         self.originals_waiting = Gauge(
             "mlops_upload_originals_waiting",
@@ -70,6 +87,19 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
+
+    def count_feedback(self, row) -> None:
+        """After an uploader's feedback on `row` (an mlops_uploads.Upload) was stored."""
+        verdict = "right" if row.user_label == row.predicted_label else "wrong"
+        self.feedback.labels(model_version=row.model_version, verdict=verdict).inc()
+
+    def count_review(self, row) -> None:
+        """After a reviewer's decision on `row` was stored."""
+        if row.review_status == "rejected":
+            verdict = "rejected"
+        else:
+            verdict = "right" if row.reviewed_label == row.predicted_label else "wrong"
+        self.reviews.labels(model_version=row.model_version, verdict=verdict).inc()
 
     def set_model(self, name: str, version: str, data_version: str) -> None:
         labels = {"name": name, "version": version, "data_version": data_version}

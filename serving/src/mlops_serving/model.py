@@ -159,6 +159,23 @@ class ModelHolder:
         self._go_live(self._download(wanted), "MLflow")
         return True
 
+    def data_versions(self) -> dict[str, str]:
+        """Which data version each registered version was trained on (from MLflow's tags);
+        the loaded model's alone when MLflow does not answer."""
+        from mlflow import MlflowClient
+
+        found = {}
+        if self.current is not None:
+            found[self.current.version] = self.current.data_version
+        try:
+            for version in MlflowClient().search_model_versions(
+                f"name = '{self.name}'", max_results=1000
+            ):
+                found[str(version.version)] = (version.tags or {}).get("data_version", "unknown")
+        except Exception as error:  # the page shows what it has; the log says why
+            log.warning("could not list the versions of %s: %s", self.name, error)
+        return found
+
     def _download(self, version) -> Loaded:
         import mlflow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 
 from flask import (
@@ -21,9 +22,11 @@ from mlops_uploads import web as uploads
 
 from .context import state, upload_or_404
 from .preprocess import ImageRejected
+from .quality import WINDOW_DAYS as QUALITY_DAYS
 from .service import NoModel, predict_and_store, top
 
 pages = Blueprint("pages", __name__)
+log = logging.getLogger(__name__)
 # The feedback tokens of a visitor's latest uploads, kept in their (signed) session.
 KEPT_TOKENS = 20
 
@@ -114,17 +117,26 @@ def feedback(upload_id: str):
     elif outcome is not uploads.Outcome.DONE:
         abort(403, outcome.value)
     else:
+        state().metrics.count_feedback(upload_or_404(upload_id))
         flash(f"Thank you: recorded {label}.")
     return redirect(url_for("pages.result", upload_id=upload_id))
 
 
 @pages.get("/status")
 def status():
-    holder = state().models
+    app = state()
+    holder = app.models
+    try:
+        quality = app.quality.get(app.pool, holder)
+    except Exception:  # the database is down: the model's part of the page still shows
+        log.exception("the status page's figures could not be computed")
+        quality = None
     return render_template(
         "status.html",
         holder=holder,
         model=holder.current,
+        quality=quality,
+        quality_days=QUALITY_DAYS,
         now=time.time(),
         # Error text (addresses, exceptions) only for signed-in reviewers.
         details=bool(session.get("reviewer")),

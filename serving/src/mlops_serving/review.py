@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import logins
 from .api import OUTCOME_STATUS
-from .context import state
+from .context import state, upload_or_404
 from .pages import parse_digit
 
 review = Blueprint("review", __name__)
@@ -113,4 +113,5 @@ def decide(upload_id: str):
         outcome = uploads.review(conn, upload_id, action, session["reviewer"], seen, label)
     if outcome is not uploads.Outcome.DONE:
         abort(OUTCOME_STATUS[outcome], outcome.value)
+    state().metrics.count_review(upload_or_404(upload_id))
     return redirect(url_for("review.queue", status=request.form.get("return_status", "pending")))

@@ -132,7 +132,7 @@ def predict_and_store(data: bytes) -> Prediction:
     app.shipper.queued()
     app.shipper.help_when_overdue()
     marks.append(("helping the shipper", time.monotonic()))
-    app.metrics.predictions.labels(digit=str(digit)).inc()
+    app.metrics.predictions.labels(digit=str(digit), model_version=model.version).inc()
     if marks[-1][1] - marks[0][1] > SLOW_PREDICTION_SECONDS:
         log.warning(
             "slow prediction: %s",

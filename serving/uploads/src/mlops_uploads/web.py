@@ -1,4 +1,5 @@
-"""The web app's queries: store a prediction, the uploader's feedback, reviews, listings.
+"""The web app's queries: store a prediction, the uploader's feedback, reviews, listings,
+and how the models did on the uploads (live accuracy).
 
 Labels are only changed by who may change them, and only from what they saw:
 feedback needs the token the uploader got with the prediction and is refused
@@ -11,6 +12,8 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
 from uuid import UUID
 
 import psycopg
@@ -176,3 +179,53 @@ def counts(conn: psycopg.Connection) -> dict[str, int]:
     ).fetchone()
     result["with_feedback"], result["used"] = with_feedback, used
     return result
+
+
+@dataclass(frozen=True)
+class DayOfVersion:
+    """One model version's predictions on one day, and how many of them were right."""
+
+    version: str
+    day: date
+    predictions: int
+    labelled: int  # with a label from a person: a reviewer's, else the uploader's feedback
+    right: int  # of the labelled, those the model predicted
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How the models did on the users' uploads over the last `days` days."""
+
+    days: int
+    per_version_day: list[DayOfVersion]
+    # Reviewed uploads (confirmed or corrected): [true digit][predicted digit]
+    confusion: list[list[int]]
+    backlog: int  # uploads waiting for a review
+
+
+def quality(conn: psycopg.Connection, days: int = 30) -> Quality:
+    """Live accuracy per model version and day, the reviewed confusion matrix, the backlog."""
+    # The label a person gave: the reviewer's when there is one (a rejected upload
+    # has none), else the uploader's own feedback while the upload is pending.
+    rows = conn.execute(
+        "SELECT model_version, created_at::date, count(*), count(label),"
+        " count(*) FILTER (WHERE label = predicted_label)"
+        " FROM (SELECT model_version, created_at, predicted_label,"
+        "         CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_label"
+        "              WHEN review_status = 'pending' THEN user_label END AS label"
+        "       FROM uploads WHERE created_at >= now() - make_interval(days => %s)) AS recent"
+        " GROUP BY 1, 2 ORDER BY 2, 1",
+        (days,),
+    ).fetchall()
+    confusion = [[0] * 10 for _ in range(10)]
+    for true, predicted, count in conn.execute(
+        "SELECT reviewed_label, predicted_label, count(*) FROM uploads"
+        " WHERE review_status IN ('confirmed', 'corrected')"
+        " AND reviewed_at >= now() - make_interval(days => %s) GROUP BY 1, 2",
+        (days,),
+    ):
+        confusion[true][predicted] = count
+    backlog = conn.execute(
+        "SELECT count(*) FROM uploads WHERE review_status = 'pending' AND used_in_version IS NULL"
+    ).fetchone()[0]
+    return Quality(days, [DayOfVersion(*row) for row in rows], confusion, backlog)
