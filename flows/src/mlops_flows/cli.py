@@ -9,6 +9,8 @@
     mlops-flows run train [--pool gpu-pool] [--epochs 20] ...     (on the workers, and wait)
     mlops-flows train [--data-version data-v2] [--epochs N] ...   (runs the flow here)
     mlops-flows retrain [--force]
+    mlops-flows watch [--items 50] [--margin 0.05]  the production version on trial (live.py)
+    mlops-flows rollback [--to VERSION] [--reason TEXT]  move the alias back by hand
 
 Settings come from the environment (see config.py).
 """
@@ -166,6 +168,26 @@ def cmd_retrain(args) -> dict:
     return retrain(force=args.force, **hyperparameters(args))
 
 
+def cmd_watch(args) -> dict:
+    from .flows import watch
+
+    return watch(items=args.items, margin=args.margin)
+
+
+def cmd_rollback(args) -> dict:
+    from dataclasses import asdict
+
+    from mlflow import MlflowClient
+
+    from . import live
+
+    settings = Settings.from_env()
+    result = live.rollback_by_hand(MlflowClient(), settings.registered_model, args.reason, args.to)
+    if settings.alertmanager_url:
+        live.alert(settings.alertmanager_url, settings.registered_model, result)
+    return asdict(result)
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
@@ -224,6 +246,18 @@ def parser() -> argparse.ArgumentParser:
     retrain.add_argument("--force", action="store_true")
     add_training_options(retrain)
     retrain.set_defaults(handler=cmd_retrain)
+
+    watch = commands.add_parser(
+        "watch", help="judge the production version on its live accuracy (may roll back)"
+    )
+    watch.add_argument("--items", type=int, default=50, help="labelled predictions to judge on")
+    watch.add_argument("--margin", type=float, default=0.05, help="accuracy it may lose")
+    watch.set_defaults(handler=cmd_watch)
+
+    rollback = commands.add_parser("rollback", help="move the production alias back by hand")
+    rollback.add_argument("--to", help="the version (default: the one it replaced)")
+    rollback.add_argument("--reason", default="", help="why (tagged on the version)")
+    rollback.set_defaults(handler=cmd_rollback)
     return root
 
 

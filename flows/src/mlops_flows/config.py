@@ -53,6 +53,8 @@ class Settings:
     data_cache_versions: int = 3
     # the share of confirmed uploads held out as the users' test set
     users_test_share: float = 0.2
+    # where a rollback raises its alert (empty: the log and a Prefect artifact only)
+    alertmanager_url: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,6 +68,7 @@ class Settings:
             work_dir=Path(os.environ.get("MLOPS_WORK_DIR", Path.home() / ".cache" / "mlops-flows")),
             data_cache_versions=int(os.environ.get("MLOPS_DATA_CACHE_VERSIONS", "3")),
             users_test_share=_share("MLOPS_USERS_TEST_SHARE", 0.2),
+            alertmanager_url=os.environ.get("MLOPS_ALERTMANAGER_URL", "").strip(),
         )
 
 

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from . import dataset
+from . import dataset, live
 from .config import Settings
 from .datarepo import DataRepo, DataVersion
 from .tracking import (
@@ -303,6 +303,32 @@ def retrain(
         device=device,
     )
     return {"skipped": False, **outcome, **trained}
+
+
+@flow(name="watch", log_prints=True)
+def watch(items: int = live.ITEMS, margin: float = live.MARGIN) -> dict:
+    """The production version on trial: moved back when its live accuracy falls short."""
+    import psycopg
+    from mlflow import MlflowClient
+
+    settings = Settings.from_env()
+    logger = get_run_logger()
+    if not settings.database_url:
+        raise ValueError("MLOPS_DATABASE_URL is not set: the watch reads the uploads table")
+    with psycopg.connect(settings.database_url, autocommit=True, options=DB_TIMEOUTS) as conn:
+        result = live.check(MlflowClient(), conn, settings.registered_model, items, margin)
+    if result.action == "rolled back":
+        logger.error("ROLLBACK of %s: %s", settings.registered_model, result.reason)
+        create_markdown_artifact(
+            markdown=f"# Model `{settings.registered_model}`: rollback\n\n{result.reason}",
+            key="rollback",
+            description=f"Version {result.version} rolled back to {result.previous}",
+        )
+        if settings.alertmanager_url:
+            live.alert(settings.alertmanager_url, settings.registered_model, result)
+    else:
+        logger.info("%s", result.reason)
+    return asdict(result)
 
 
 def _work_root(settings: Settings) -> str:

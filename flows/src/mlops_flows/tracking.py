@@ -31,6 +31,8 @@ from .datarepo import DataVersion
 from .train import EpochResult, Evaluation, Hyperparameters, evaluate, onnx_logits, to_tensor
 
 PRODUCTION = "production"
+# On a promoted version: the version it replaced (live.py may move the alias back to it).
+PREVIOUS_TAG = "previous_production"
 ONNX_IN_MODEL = "extra_files/model.onnx"
 MNIST = "mnist"
 USERS = "users"
@@ -274,6 +276,8 @@ def register_and_decide(
     promoted, reason = gate(scores, before)
     decision = Decision(new.version, promoted, before, scores, reason)
     if decision.promoted:
+        if before is not None:
+            client.set_model_version_tag(name, new.version, PREVIOUS_TAG, before)
         client.set_registered_model_alias(name, PRODUCTION, new.version)
     client.set_model_version_tag(
         name, new.version, "promotion", "promoted" if decision.promoted else "not promoted"
