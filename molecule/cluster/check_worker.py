@@ -3,6 +3,8 @@
     python check_worker.py online                  the worker is ONLINE in its pool
     python check_worker.py start                   start a run, print its id once it trains
     python check_worker.py await-end FLOW_RUN_ID   wait for its final state, print it
+    python check_worker.py watch                   the watch deployment: on a schedule, and a
+                                                   run of it completes on the worker
 
 The spec (URLs, credentials, worker name) comes on stdin as JSON; one JSON
 line is printed; the exit status is 1 when the check failed.
@@ -41,6 +43,17 @@ async def flow_run_state(flow_run_id: str) -> str:
     async with get_client() as client:
         run = await client.read_flow_run(flow_run_id)
     return run.state.type.value
+
+
+async def watch_schedules() -> list[dict]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("watch/watch")
+    return [
+        {"active": schedule.active, "interval": getattr(schedule.schedule, "interval", None)}
+        for schedule in deployment.schedules
+    ]
 
 
 async def running_tasks(flow_run_id: str) -> list[str]:
@@ -88,6 +101,25 @@ def main(argv: list[str]) -> int:
             time.sleep(2)
         ok = state in ("CRASHED", "FAILED")
         print(json.dumps({"flow_run_id": argv[1], "state": state, "ok": ok}))
+        return 0 if ok else 1
+    if command == "watch":
+        from prefect.deployments import run_deployment
+
+        schedules = asyncio.run(watch_schedules())
+        run = run_deployment("watch/watch", timeout=600)
+        state = run.state.type.value
+        ok = state == "COMPLETED" and any(s["active"] for s in schedules)
+        result = None
+        if state == "COMPLETED":
+            try:
+                result = run.state.result()
+            except Exception as error:  # results stay with the worker: the state is enough
+                result = f"not readable here ({error.__class__.__name__})"
+        print(
+            json.dumps(
+                {"schedules": schedules, "state": state, "result": result, "ok": ok}, default=str
+            )
+        )
         return 0 if ok else 1
     print(f"unknown command {command}", file=sys.stderr)
     return 2

@@ -6,6 +6,7 @@
     mlops-flows data list
     mlops-flows data fetch TAG DEST
     mlops-flows deploy [--work-pool cpu-pool] [--pools cpu-pool gpu-pool] [--retrain-cron ...]
+                       [--watch-interval 600] [--watch-items 50] [--watch-margin 0.05]
     mlops-flows run train [--pool gpu-pool] [--epochs 20] ...     (on the workers, and wait)
     mlops-flows train [--data-version data-v2] [--epochs N] ...   (runs the flow here)
     mlops-flows retrain [--force]
@@ -88,7 +89,7 @@ def cmd_data_fetch(args) -> dict:
 def cmd_deploy(args) -> dict:
     from prefect.types.entrypoint import EntrypointType
 
-    from .flows import retrain, train
+    from .flows import retrain, train, watch
 
     deployments = {
         "train": train.to_deployment(
@@ -106,6 +107,16 @@ def cmd_deploy(args) -> dict:
             concurrency_limit=1,
             entrypoint_type=EntrypointType.MODULE_PATH,
             description="Fold confirmed uploads into a new data version and train on it.",
+            tags=["mnist"],
+        ),
+        "watch": watch.to_deployment(
+            name="watch",
+            work_pool_name=args.work_pool,
+            interval=args.watch_interval or None,
+            parameters={"items": args.watch_items, "margin": args.watch_margin},
+            concurrency_limit=1,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description="Judge the production version on its live accuracy; roll it back.",
             tags=["mnist"],
         ),
     }
@@ -221,9 +232,14 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("dest")
     fetch.set_defaults(handler=cmd_data_fetch)
 
-    deploy = commands.add_parser("deploy", help="register the train and retrain deployments")
+    deploy = commands.add_parser("deploy", help="register the train, retrain and watch deployments")
     deploy.add_argument("--work-pool", default="cpu-pool")
     deploy.add_argument("--retrain-cron", default="0 2 * * *", help="empty: no schedule")
+    deploy.add_argument(
+        "--watch-interval", type=int, default=600, help="seconds between watch runs (0: none)"
+    )
+    deploy.add_argument("--watch-items", type=int, default=50)
+    deploy.add_argument("--watch-margin", type=float, default=0.05)
     deploy.add_argument(
         "--pools", nargs="*", default=[], help="also a train-<pool> deployment each"
     )
