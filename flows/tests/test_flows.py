@@ -97,8 +97,17 @@ def test_training_through_a_deployment_on_a_process_worker(worker_env, services,
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
 
-    deployed = mlops("deploy", "--work-pool", "cpu-pool", "--retrain-cron", "", env=worker_env)
-    assert set(deployed) == {"train", "retrain"}
+    deployed = mlops(
+        "deploy",
+        "--work-pool",
+        "cpu-pool",
+        "--retrain-cron",
+        "",
+        "--watch-interval",
+        "0",
+        env=worker_env,
+    )
+    assert set(deployed) == {"train", "retrain", "watch"}
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
         [
@@ -121,10 +130,13 @@ def test_training_through_a_deployment_on_a_process_worker(worker_env, services,
         started = time.monotonic()
         run = run_deployment("train/train", parameters={"epochs": 1}, timeout=900)
         seconds = time.monotonic() - started
+        # The watch, as deployed: the first version replaced none, so it has nothing to judge.
+        watched = run_deployment("watch/watch", timeout=300)
     finally:
         stop(worker)
     log = (tmp_path / "worker.log").read_text()
     assert run.state.is_completed(), f"{run.state}\n{log[-3000:]}"
+    assert watched.state.is_completed(), f"{watched.state}\n{log[-3000:]}"
     print(f"\ntrain deployment run (1 epoch) completed in {seconds:.0f} s")
     production = MlflowClient().get_model_version_by_alias("mnist", PRODUCTION)
     assert production.tags["data_version"] == "data-v2"
