@@ -51,6 +51,7 @@ def test_upload_predict_feedback_and_review_in_a_browser(
     page.goto(web.url + "/status")
     assert page.inner_text("#model-version").strip()
     assert page.inner_text("#data-version").startswith("data-v")
+    assert float(page.inner_text("#test-accuracy")) > 0.5
     # The live figures, drawn as charts: this upload's confirmed label is a point today.
     version = page.inner_text("#model-version").strip()
     assert page.locator(f'#accuracy-chart g.point[data-version="{version}"]').count() >= 1
