@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import threading
 import time
 
@@ -128,3 +129,68 @@ def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(
         assert answer.status_code == 200 and answer.get_json()["model_version"] == loaded
     finally:
         restore(saved)
+
+
+def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_path):
+    """SIGTERM to every process (as systemd stops the unit): the requests the app holds are
+    answered, new connections are refused (the edge sends those to another host)."""
+    import numpy as np
+    import requests
+    from PIL import Image
+    from webapp import wait_ready
+
+    app = start_web(services, tmp_path / "drain", MLOPS_WEB_PROCESSES="2")
+    wait_ready(app)
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[4:24, 12:16] = 255  # a 1
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    body = buffer.getvalue()
+    stop_at: list[float] = []
+    outcomes: list[tuple[float, float, str]] = []  # started, ended, "200" or what failed
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        i = 0
+        while True:
+            started = time.monotonic()
+            try:
+                # A new connection each time, as the edge's to a stopping host would be refused.
+                answer = requests.post(
+                    f"{app.url}/api/v1/predict",
+                    files={"file": (f"{k}-{i}.png", body + f"{k}-{i}".encode(), "image/png")},
+                    headers={"Connection": "close"},
+                    timeout=30,
+                )
+                result = str(answer.status_code)
+            except requests.ConnectionError as error:
+                result = "refused" if "refused" in str(error).lower() else f"broken: {error}"
+            with lock:
+                outcomes.append((started, time.monotonic(), result))
+            if result == "refused" or (stop_at and time.monotonic() > stop_at[0] + 15):
+                return
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    stop_at.append(time.monotonic())
+    os.killpg(app.process.pid, signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    app.process.wait(timeout=30)
+    failed = [result for _, _, result in outcomes if result not in ("200", "refused")]
+    in_flight = [
+        result
+        for started, ended, result in outcomes
+        if started < stop_at[0] < ended and result != "refused"
+    ]
+    answered_in_flight = [result for result in in_flight if result == "200"]
+    print(
+        f"\n{len(outcomes)} requests; at the stop {len(in_flight)} in flight, all answered:"
+        f" {len(answered_in_flight) == len(in_flight)}; failed: {failed[:5]}"
+    )
+    assert not failed
+    assert in_flight and len(answered_in_flight) == len(in_flight)
+    assert "drained" in app.log.read_text()

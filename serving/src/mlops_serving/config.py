@@ -61,6 +61,8 @@ class Config:
     web_threads: int = 4
     web_connection_limit: int = 200
     web_channel_timeout: int = 30
+    # on SIGTERM: how long the requests in flight may take to finish before the process exits
+    web_drain_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:

@@ -14,6 +14,10 @@ larger than an upload can be (413 at once, chunked bodies included), keeps at
 most `web_connection_limit` connections per process, and drops a connection
 idle for `web_channel_timeout` seconds. Costly image decodes share one slot
 per host across the processes (service.DecodeGate).
+
+A stop (SIGTERM) drains: each process stops accepting, answers the requests it
+holds (up to `web_drain_seconds`), then exits; the edge sends new requests to
+the other web hosts meanwhile.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 
 from .config import Config
 
@@ -75,13 +82,66 @@ def json_errors() -> None:
 
 
 def serve_app(config: Config, decode_slots, **where) -> None:
-    from waitress import serve
+    from waitress.server import create_server
 
     from .app import create_app
 
     app = create_app(config, decode_slots=decode_slots)
     json_errors()
-    serve(app, threads=config.web_threads, **waitress_settings(config), **where)
+    server = create_server(app, threads=config.web_threads, **waitress_settings(config), **where)
+    drain_on_sigterm(server, config.web_drain_seconds)
+    server.run()
+
+
+def drain_on_sigterm(server, seconds: float) -> None:
+    """On SIGTERM (a stop or restart), stop accepting connections, let the requests in
+    flight finish and their answers go out (up to `seconds`), then end waitress's loop.
+
+    Without it a stopping host answered nothing to the requests it held: the edge
+    turned them into 502s, as it never re-sends a POST that reached an app.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer
+
+    # A MultiSocketServer (several listeners) keeps its map in .map, a single one in ._map.
+    socket_map = getattr(server, "map", None)
+    if socket_map is None:
+        socket_map = server._map
+    draining = threading.Event()
+
+    def busy() -> int:
+        return sum(
+            1
+            for channel in list(socket_map.values())
+            if isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len)
+        )
+
+    def finish() -> None:
+        deadline = time.monotonic() + seconds
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = busy()
+        log.info("drained (%d request(s) still open); stopping", left)
+        # waitress's loop ends on KeyboardInterrupt in the main thread.
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def on_sigterm(_signum, _frame) -> None:
+        if draining.is_set():  # systemd and the parent process may both send it
+            return
+        draining.set()
+        for dispatcher in list(socket_map.values()):
+            if isinstance(dispatcher, BaseWSGIServer):
+                # Take what already waits in the backlog (closing would reset it), then
+                # stop accepting; the connections it made stay.
+                for _ in range(1000):
+                    if not select.select([dispatcher.socket], [], [], 0)[0]:
+                        break
+                    dispatcher.handle_accept()
+                dispatcher.close()
+        log.info("SIGTERM: draining %d request(s) in flight", busy())
+        threading.Thread(target=finish, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def serve_processes(config: Config) -> int:
