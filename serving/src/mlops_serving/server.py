@@ -100,6 +100,7 @@ def drain_on_sigterm(server, seconds: float) -> None:
     Without it a stopping host answered nothing to the requests it held: the edge
     turned them into 502s, as it never re-sends a POST that reached an app.
     """
+    from waitress import wasyncore
     from waitress.channel import HTTPChannel
     from waitress.server import BaseWSGIServer
 
@@ -125,21 +126,29 @@ def drain_on_sigterm(server, seconds: float) -> None:
         # waitress's loop ends on KeyboardInterrupt in the main thread.
         os.kill(os.getpid(), signal.SIGINT)
 
+    listeners = [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)]
+
+    def stop_accepting() -> None:
+        """In waitress's loop (a trigger thunk): closing a socket in the signal handler
+        itself broke the select() it interrupted (EBADF)."""
+        for listener in listeners:
+            # Take what already waits in the backlog (closing would reset it), then
+            # stop accepting; the connections it made stay.
+            for _ in range(1000):
+                if not select.select([listener.socket], [], [], 0)[0]:
+                    break
+                listener.handle_accept()
+            # The socket only: BaseWSGIServer.close would also close the trigger that
+            # the request threads pull when their answers are ready.
+            wasyncore.dispatcher.close(listener)
+        log.info("SIGTERM: draining %d request(s) in flight", busy())
+        threading.Thread(target=finish, name="drain", daemon=True).start()
+
     def on_sigterm(_signum, _frame) -> None:
         if draining.is_set():  # systemd and the parent process may both send it
             return
         draining.set()
-        for dispatcher in list(socket_map.values()):
-            if isinstance(dispatcher, BaseWSGIServer):
-                # Take what already waits in the backlog (closing would reset it), then
-                # stop accepting; the connections it made stay.
-                for _ in range(1000):
-                    if not select.select([dispatcher.socket], [], [], 0)[0]:
-                        break
-                    dispatcher.handle_accept()
-                dispatcher.close()
-        log.info("SIGTERM: draining %d request(s) in flight", busy())
-        threading.Thread(target=finish, name="drain", daemon=True).start()
+        listeners[0].trigger.pull_trigger(stop_accepting)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
