@@ -177,7 +177,7 @@ def step_serve(spec: dict, state: dict) -> dict:
 
 
 def step_retrain(spec: dict, state: dict) -> dict:
-    status, seconds = run("retrain/retrain", {"epochs": spec["epochs"]})
+    status, seconds = run("retrain/retrain", {"epochs": spec["retrain_epochs"]})
     new = versions_trained_on("data-v3")
     counts = requests.get(f"{spec['web_url']}/api/v1/uploads/counts", timeout=30).json()
     newest = new[-1] if new else None
