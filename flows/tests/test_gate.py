@@ -149,3 +149,12 @@ def test_the_artifact_shows_both_test_sets_and_the_rule():
     assert "| users | 300 | 0.6000 | 0.9000 |" in text and "**no**" in text
     assert "| mnist | 1000 | 0.9850 | 0.9800 |" in text
     assert "**not promoted**" in text and reason in text
+
+
+@pytest.mark.parametrize(("items", "margin"), [(0, 0.05), (-3, 0.05), (50, -0.1), (50, 1.0)])
+def test_the_watch_refuses_bounds_that_would_judge_on_nothing(items, margin):
+    from mlops_flows import live
+
+    # Refused before any service is asked (no client, no connection needed).
+    with pytest.raises(ValueError, match=r"items|margin"):
+        live.check(None, None, "mnist", items=items, margin=margin)

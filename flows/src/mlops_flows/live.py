@@ -87,6 +87,10 @@ def check(
     margin: float = MARGIN,
 ) -> Check:
     """Judge the version holding the alias once it has `items` labelled predictions."""
+    if items < 1:
+        raise ValueError(f"items must be 1 or more, not {items}")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must be from 0 up to (not including) 1, not {margin}")
     current = production_version(client, name)
     if current is None:
         return Check("none", None, None, "No version holds the alias.")
