@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from webapp import OUTPUT, start_web, wait_ready
+from webapp import OUTPUT, environment, start_web, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +26,11 @@ def test_images(services, production_model, tmp_path_factory):
     from mlops_flows.config import Settings
     from mlops_flows.datarepo import DataRepo
 
-    env = services.client_env("worker")
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
+    with environment(services.client_env("worker")):
         repo = DataRepo(Settings.from_env())
         version = repo.fetch(
             production_model.tags["data_version"], tmp_path_factory.mktemp("data") / "repo"
         )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     files = sorted((version.path / "test").glob("[0-9]/*.png"))
     return [(path.read_bytes(), int(path.parent.name)) for path in files]
 

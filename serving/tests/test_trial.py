@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from webapp import start_web, wait_ready
+from webapp import environment, start_web, wait_ready
 
 UPLOADS = 500  # with half held out: 250 or so, enough for the users' set to count for more
 EVALUATED = 500
@@ -42,17 +41,6 @@ def thick_and_slanted(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@contextmanager
-def environment(values: dict):
-    saved = dict(os.environ)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Start the web app under real waitress for tests (used by conftest.py and the tests)."""
+"""Start the web app under real waitress for tests (used by conftest.py and the tests),
+and run code in this process with a host's environment (a worker's, to drive the flows)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,20 @@ import requests
 from werkzeug.security import generate_password_hash
 
 BIN = Path(sys.executable).parent
+
+
+@contextmanager
+def environment(values: dict):
+    """This process's environment with `values` added, put back as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 
 

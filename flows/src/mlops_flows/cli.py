@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from . import dataset
-from .config import ConfigError, Hyperparameters, Settings
+from .config import WATCH_ITEMS, WATCH_MARGIN, ConfigError, Hyperparameters, Settings
 from .datarepo import DataRepo, DataRepoError
 
 DEFAULTS = Hyperparameters()
@@ -238,8 +238,8 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--watch-interval", type=int, default=600, help="seconds between watch runs (0: none)"
     )
-    deploy.add_argument("--watch-items", type=int, default=50)
-    deploy.add_argument("--watch-margin", type=float, default=0.05)
+    deploy.add_argument("--watch-items", type=int, default=WATCH_ITEMS)
+    deploy.add_argument("--watch-margin", type=float, default=WATCH_MARGIN)
     deploy.add_argument(
         "--pools", nargs="*", default=[], help="also a train-<pool> deployment each"
     )
@@ -266,8 +266,10 @@ def parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="judge the production version on its live accuracy (may roll back)"
     )
-    watch.add_argument("--items", type=int, default=50, help="labelled predictions to judge on")
-    watch.add_argument("--margin", type=float, default=0.05, help="accuracy it may lose")
+    watch.add_argument(
+        "--items", type=int, default=WATCH_ITEMS, help="labelled predictions to judge on"
+    )
+    watch.add_argument("--margin", type=float, default=WATCH_MARGIN, help="accuracy it may lose")
     watch.set_defaults(handler=cmd_watch)
 
     rollback = commands.add_parser("rollback", help="move the production alias back by hand")

@@ -29,6 +29,12 @@ class Hyperparameters:
         return asdict(self)
 
 
+# The watch (live.py): the labelled predictions a new production version is judged
+# on, and the live accuracy it may lose against the version it replaced.
+WATCH_ITEMS = 50
+WATCH_MARGIN = 0.05
+
+
 class ConfigError(RuntimeError):
     """A required setting is missing or out of range."""
 

@@ -23,27 +23,23 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlops_uploads import PERSON_LABEL_SQL, PERSON_LABELLED_AT_SQL
 
+from .config import WATCH_ITEMS, WATCH_MARGIN
 from .tracking import PREVIOUS_TAG, PRODUCTION, production_version
 
 LIVE_TAG = "live_check"
-ITEMS = 50
-MARGIN = 0.05
 
 # A person's label for each upload of a version, and when it was given.
-LABELLED_SQL = """
+LABELLED_SQL = f"""
 SELECT label = predicted_label FROM (
-    SELECT predicted_label,
-           CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_label
-                WHEN review_status = 'pending' THEN user_label END AS label,
-           CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_at
-                ELSE feedback_at END AS labelled_at
+    SELECT predicted_label, {PERSON_LABEL_SQL} AS label, {PERSON_LABELLED_AT_SQL} AS labelled_at
     FROM uploads WHERE model_version = %(version)s
 ) AS labelled
 WHERE label IS NOT NULL
-ORDER BY labelled_at {direction}, predicted_label
+ORDER BY labelled_at {{direction}}, predicted_label
 LIMIT %(items)s
-"""
+"""  # noqa: S608 (fixed text)
 
 
 class RollbackError(ValueError):
@@ -83,8 +79,8 @@ def check(
     client: MlflowClient,
     conn: psycopg.Connection,
     name: str,
-    items: int = ITEMS,
-    margin: float = MARGIN,
+    items: int = WATCH_ITEMS,
+    margin: float = WATCH_MARGIN,
 ) -> Check:
     """Judge the version holding the alias once it has `items` labelled predictions."""
     if items < 1:

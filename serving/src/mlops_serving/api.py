@@ -86,13 +86,14 @@ def feedback():
     public_id = text_field(body, "upload_id")
     token = text_field(body, "feedback_token")
     label = digit_field(body, "label")
+    if label is None and body.get("correct") is not True:
+        abort(400, 'send "label": <0-9> or "correct": true')
+    row = upload_or_404(public_id)
     if label is None:
-        if body.get("correct") is not True:
-            abort(400, 'send "label": <0-9> or "correct": true')
-        label = upload_or_404(public_id).predicted_label
+        label = row.predicted_label
     with state().pool.connection() as conn:
         refuse_unless_done(uploads.set_feedback(conn, public_id, token, label))
-    state().metrics.count_feedback(upload_or_404(public_id))
+    state().metrics.count_feedback(row, label)
     return jsonify(upload_id=public_id, user_label=label)
 
 

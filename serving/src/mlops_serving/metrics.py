@@ -88,9 +88,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def count_feedback(self, row) -> None:
-        """After an uploader's feedback on `row` (an mlops_uploads.Upload) was stored."""
-        verdict = "right" if row.user_label == row.predicted_label else "wrong"
+    def count_feedback(self, row, label: int) -> None:
+        """After an uploader's feedback `label` on `row` (an mlops_uploads.Upload) was stored."""
+        verdict = "right" if label == row.predicted_label else "wrong"
         self.feedback.labels(model_version=row.model_version, verdict=verdict).inc()
 
     def count_review(self, row) -> None:

@@ -117,7 +117,7 @@ def feedback(upload_id: str):
     elif outcome is not uploads.Outcome.DONE:
         abort(403, outcome.value)
     else:
-        state().metrics.count_feedback(upload_or_404(upload_id))
+        state().metrics.count_feedback(row, label)
         flash(f"Thank you: recorded {label}.")
     return redirect(url_for("pages.result", upload_id=upload_id))
 

@@ -67,3 +67,16 @@ UPLOAD_COLUMNS = ", ".join(
 def object_key(sha256: str, extension: str) -> str:
     """Content-addressed: the same bytes always land under the same key."""
     return f"uploads/{sha256[:2]}/{sha256}.{extension}"
+
+
+# The label a person gave an upload, and when (SQL expressions over its row): the
+# reviewer's when there is one (a rejected upload has none), else the uploader's own
+# feedback while the upload is pending. Live accuracy (the web app's status page,
+# the watch flow) is this label against `predicted_label`.
+PERSON_LABEL_SQL = (
+    "CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_label"
+    " WHEN review_status = 'pending' THEN user_label END"
+)
+PERSON_LABELLED_AT_SQL = (
+    "CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_at ELSE feedback_at END"
+)

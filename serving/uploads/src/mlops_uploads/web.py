@@ -19,7 +19,7 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import class_row
 
-from . import REVIEW_STATES, UPLOAD_COLUMNS, Upload
+from . import PERSON_LABEL_SQL, REVIEW_STATES, UPLOAD_COLUMNS, Upload
 
 
 class Outcome(enum.Enum):
@@ -205,14 +205,10 @@ class Quality:
 
 def quality(conn: psycopg.Connection, days: int = 30) -> Quality:
     """Live accuracy per model version and day, the reviewed confusion matrix, the backlog."""
-    # The label a person gave: the reviewer's when there is one (a rejected upload
-    # has none), else the uploader's own feedback while the upload is pending.
     rows = conn.execute(
-        "SELECT model_version, created_at::date, count(*), count(label),"
+        "SELECT model_version, created_at::date, count(*), count(label),"  # noqa: S608 (fixed)
         " count(*) FILTER (WHERE label = predicted_label)"
-        " FROM (SELECT model_version, created_at, predicted_label,"
-        "         CASE WHEN review_status IN ('confirmed', 'corrected') THEN reviewed_label"
-        "              WHEN review_status = 'pending' THEN user_label END AS label"
+        f" FROM (SELECT model_version, created_at, predicted_label, {PERSON_LABEL_SQL} AS label"
         "       FROM uploads WHERE created_at >= now() - make_interval(days => %s)) AS recent"
         " GROUP BY 1, 2 ORDER BY 2, 1",
         (days,),
