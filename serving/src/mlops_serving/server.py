@@ -117,15 +117,7 @@ def drain_on_sigterm(server, seconds: float) -> None:
             if isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len)
         )
 
-    def finish() -> None:
-        deadline = time.monotonic() + seconds
-        while busy() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        left = busy()
-        log.info("drained (%d request(s) still open); stopping", left)
-        # waitress's loop ends on KeyboardInterrupt in the main thread.
-        os.kill(os.getpid(), signal.SIGINT)
-
+    accepting_stopped = threading.Event()
     listeners = [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)]
 
     def stop_accepting() -> None:
@@ -141,14 +133,28 @@ def drain_on_sigterm(server, seconds: float) -> None:
             # The socket only: BaseWSGIServer.close would also close the trigger that
             # the request threads pull when their answers are ready.
             wasyncore.dispatcher.close(listener)
+        accepting_stopped.set()
+
+    def drain() -> None:
+        """A thread of its own, started before any signal: the handler only sets an event.
+        Pulling waitress's trigger from the handler deadlocked when the signal came while
+        the loop held the trigger's lock (running thunks): the process never stopped."""
+        draining.wait()
+        listeners[0].trigger.pull_trigger(stop_accepting)
+        accepting_stopped.wait()
         log.info("SIGTERM: draining %d request(s) in flight", busy())
-        threading.Thread(target=finish, name="drain", daemon=True).start()
+        deadline = time.monotonic() + seconds
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        log.info("drained (%d request(s) still open); stopping", busy())
+        # waitress's loop ends on KeyboardInterrupt in the main thread.
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=drain, name="drain", daemon=True).start()
 
     def on_sigterm(_signum, _frame) -> None:
-        if draining.is_set():  # systemd and the parent process may both send it
-            return
+        # systemd and the parent process may both send it; Event.set is idempotent.
         draining.set()
-        listeners[0].trigger.pull_trigger(stop_accepting)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
