@@ -27,6 +27,22 @@ def test_requirements_yml_pins_the_collections_the_venv_carries():
         assert manifest["collection_info"]["version"] == pin["version"], pin["name"]
 
 
+def test_requirements_yml_pins_exactly_the_collections_the_yaml_uses():
+    used = set()
+    for folder in ("roles", "playbooks", "molecule"):
+        for path in (ROOT / folder).rglob("*.yml"):
+            used |= set(
+                re.findall(r"^\s*-?\s*([a-z_]+\.[a-z_]+)\.[a-z_]+:", path.read_text(), re.M)
+            )
+    used |= {"community.docker"}  # the demo's and the scenarios' connection plugin
+    used -= {"ansible.builtin"}
+    pins = {
+        pin["name"]
+        for pin in yaml.safe_load((ROOT / "requirements.yml").read_text())["collections"]
+    }
+    assert pins == used, f"pinned, not used: {pins - used}; used, not pinned: {used - pins}"
+
+
 # Roles without a host of their own to converge, and where their behaviour is tested.
 TESTED_ELSEWHERE = {
     "mlops": "tests/test_inventory_validation.py",

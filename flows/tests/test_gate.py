@@ -52,6 +52,23 @@ def test_a_bad_users_test_share_setting_says_which_and_why(raw, monkeypatch):
         Settings.from_env()
 
 
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("MLOPS_SHADOW_PREDICTIONS", "-1"),
+        ("MLOPS_SHADOW_PREDICTIONS", "1.5"),
+        ("MLOPS_SHADOW_HOURS", "nan"),
+        ("MLOPS_SHADOW_HOURS", "a day"),
+    ],
+)
+def test_a_bad_shadow_setting_says_which_and_why(variable, raw, monkeypatch):
+    monkeypatch.setenv("MLOPS_DATA_REPO_URL", "ssh://server/srv/data.git")
+    monkeypatch.setenv("MLOPS_S3_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env()
+
+
 def test_the_users_test_share_setting_is_read(monkeypatch):
     monkeypatch.setenv("MLOPS_DATA_REPO_URL", "ssh://server/srv/data.git")
     monkeypatch.setenv("MLOPS_S3_ENDPOINT", "http://127.0.0.1:1")

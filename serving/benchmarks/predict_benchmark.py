@@ -17,8 +17,15 @@ prints how long the last burst's originals took to reach the bucket. A last
 case runs 8 clients for --sustained seconds, longer than the outbox's
 longest wait (30 s), where the shipper runs beside the requests.
 
+The shadow case (--shadow, on by default) measures what shadow mode adds: 8
+clients without a candidate, with one (a copy of the same version holding
+`candidate`: the web app runs it beside production on every request), and
+without again; it prints p50/p99 of each and how many predictions the
+candidate shadowed (from /metrics).
+
     .venv-dev/bin/python serving/benchmarks/predict_benchmark.py \
         [--seconds 10] [--processes N] [--threads 4] [--mlflow-workers 1] [--sustained 60]
+        [--shadow-seconds 20] [--clients 1,8,32]
 
 Target on 2 cores: at 8 clients, at least 2x the requests per second of
 `mlflow models serve`, and p99 <= 25 ms.
@@ -157,6 +164,58 @@ def drain_outbox(database_url: str, timeout: float = 600) -> tuple[int, float]:
     return backlog, time.perf_counter() - started
 
 
+def metric_sum(port: int, name: str) -> float:
+    """The sum of a counter's series on /metrics (over every waitress process)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+def shadow_case(web, services, version: str, requests, seconds: float, poll_seconds: int) -> None:
+    """8 clients without a candidate, with one shadowing production, and without again."""
+    from mlflow import MlflowClient
+    from mlops_flows import tracking
+    from webapp import environment
+
+    port = int(web.url.rsplit(":", 1)[1])
+    with environment(services.client_env("worker")):
+        client = MlflowClient()
+        candidate = client.copy_model_version(f"models:/mnist/{version}", "mnist").version
+    print(
+        f"shadow mode, 8 clients, {seconds:.0f} s per case; the candidate: version {candidate}"
+        f" (a copy of {version}: the same model, so the same cost)"
+    )
+    print(f"{'case':>16} | {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | shadowed")
+    cases = {}
+    for case in ("without shadow", "with shadow", "without again"):
+        with environment(services.client_env("worker")):
+            if case == "with shadow":
+                tracking.start_shadow(client, "mnist", candidate)
+            elif case == "without again":
+                client.delete_registered_model_alias("mnist", tracking.CANDIDATE)
+        if case != "without shadow":
+            time.sleep(poll_seconds + 5)  # every waitress process polls on its own
+        before = (
+            metric_sum(port, "mlops_predictions_total"),
+            metric_sum(port, "mlops_shadow_predictions_total"),
+        )
+        result = cases[case] = load(port, "/api/v1/predict", requests, 8, seconds)
+        predicted = metric_sum(port, "mlops_predictions_total") - before[0]
+        shadowed = metric_sum(port, "mlops_shadow_predictions_total") - before[1]
+        print(f"{case:>16} | {columns(result, 7)} | {shadowed:.0f} of {predicted:.0f}")
+    without = [cases["without shadow"], cases["without again"]]
+    with_shadow = cases["with shadow"]
+    for quantile in ("p50_ms", "p99_ms"):
+        base = sum(result[quantile] for result in without) / 2
+        print(
+            f"added by shadow mode, {quantile[:3]}: {with_shadow[quantile] - base:+.1f} ms"
+            f" ({with_shadow[quantile] / base:.2f}x the mean of the two cases without)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
@@ -173,6 +232,9 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument(
         "--sustained", type=float, default=60.0, help="seconds of the sustained case (0: none)"
+    )
+    parser.add_argument(
+        "--shadow-seconds", type=float, default=20.0, help="seconds per shadow case (0: none)"
     )
     args = parser.parse_args()
 
@@ -286,6 +348,8 @@ def main() -> int:
                 f" at its end {waiting} originals waited, the oldest {oldest or 0:.1f} s;"
                 f" drained in {drain:.1f} s"
             )
+        if args.shadow_seconds > 0:
+            shadow_case(web, services, version, ours, args.shadow_seconds, poll_seconds=30)
         return 0
     finally:
         for process in processes:

@@ -137,10 +137,15 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     import numpy as np
     import requests
     from PIL import Image
-    from webapp import wait_ready
 
     app = start_web(services, tmp_path / "drain", MLOPS_WEB_PROCESSES="2")
-    wait_ready(app)
+    # Both processes ready (each loads the model on its own): 20 new connections in a row.
+    ready, deadline = 0, time.monotonic() + 120
+    while ready < 20:
+        assert time.monotonic() < deadline, "the two processes did not both get ready"
+        answer = requests.get(f"{app.url}/readyz", headers={"Connection": "close"}, timeout=30)
+        ready = ready + 1 if answer.status_code == 200 else 0
+        time.sleep(0 if ready else 0.5)
     pixels = np.zeros((28, 28), np.uint8)
     pixels[4:24, 12:16] = 255  # a 1
     buffer = io.BytesIO()

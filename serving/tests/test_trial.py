@@ -246,3 +246,83 @@ def test_a_bad_version_is_rolled_back_by_its_live_accuracy(
         assert time.monotonic() < deadline, "the web app did not follow the rollback"
         time.sleep(1)
     assert set(predict_with_feedback(web, images[2 * items :])) == {good}
+
+
+def wait_for(web, field: str, value, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while (ready := wait_ready(web))[field] != value:
+        assert time.monotonic() < deadline, f"readyz {field}: {ready[field]}, not {value}"
+        time.sleep(1)
+    return ready
+
+
+def metric(web, line_start: str) -> float:
+    lines = [line for line in web.get("/metrics").text.splitlines() if line.startswith(line_start)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_a_candidate_shadows_production_then_takes_the_alias(
+    web, services, production_model, tmp_path
+):
+    """Shadow mode through the web app: the candidate predicts beside production on every
+    request while people get production's answer; the watch moves the alias once it has
+    its predictions and was not worse on those people labelled."""
+    from mlflow import MlflowClient
+    from mlops_flows import dataset, tracking
+    from mlops_flows.config import Settings
+    from mlops_flows.datarepo import DataRepo
+    from mlops_flows.flows import watch
+
+    predictions = 12
+    good = production_model.version
+    worker = {**services.client_env("worker"), "MLOPS_SHADOW_PREDICTIONS": str(predictions)}
+    with environment(worker):
+        base = DataRepo(Settings.from_env()).fetch(
+            production_model.tags["data_version"], tmp_path / "base"
+        )
+    pixels, labels, _ = dataset.load_split(base.path, "test")
+    images = []
+    for i in np.random.default_rng(17).permutation(len(labels))[:predictions]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[i], mode="L").save(buffer, format="PNG")
+        images.append((buffer.getvalue() + f"shadow-{i}".encode(), int(labels[i])))
+
+    with environment(worker):
+        client = MlflowClient()
+        # The same model under a new version number: every shadowed digit agrees.
+        candidate = client.copy_model_version(f"models:/mnist/{good}", "mnist").version
+        try:
+            tracking.start_shadow(client, "mnist", candidate)
+            wait_for(web, "shadow_version", candidate)
+            agreed_before = metric(
+                web,
+                f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
+            )
+            half = predictions // 2
+            assert set(predict_with_feedback(web, images[:half])) == {good}, "production answers"
+            waiting = watch(items=50, margin=0.05)["shadow"]
+            assert waiting["action"] == "waiting", waiting
+            assert f"{half} predictions beside production (agreement 1.000)" in waiting["reason"]
+
+            assert set(predict_with_feedback(web, images[half:])) == {good}
+            agreed = metric(
+                web,
+                f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
+            )
+            assert agreed - agreed_before == predictions
+            status = web.get("/status").text
+            assert "In shadow mode" in status and f"version {candidate} predicts beside" in status
+
+            judged = watch(items=50, margin=0.05)["shadow"]
+            print(f"\nshadow mode: {judged['reason']}")
+            assert judged["action"] == "promoted", judged
+            assert client.get_model_version_by_alias("mnist", "production").version == candidate
+            assert client.get_model_version("mnist", candidate).tags[tracking.PREVIOUS_TAG] == good
+            # The web app serves the candidate, and no longer shadows anything.
+            ready = wait_for(web, "model_version", candidate)
+            assert wait_for(web, "shadow_version", None) and ready["status"] == "ready"
+        finally:
+            client.set_registered_model_alias("mnist", "production", good)
+            if tracking.alias_version(client, "mnist", tracking.CANDIDATE) is not None:
+                client.delete_registered_model_alias("mnist", tracking.CANDIDATE)
+    wait_for(web, "model_version", good)

@@ -10,7 +10,8 @@
     mlops-flows run train [--pool gpu-pool] [--epochs 20] ...     (on the workers, and wait)
     mlops-flows train [--data-version data-v2] [--epochs N] ...   (runs the flow here)
     mlops-flows retrain [--force]
-    mlops-flows watch [--items 50] [--margin 0.05]  the production version on trial (live.py)
+    mlops-flows watch [--items 50] [--margin 0.05]  the candidate in shadow mode decided,
+                                                   the production version on trial (live.py)
     mlops-flows rollback [--to VERSION] [--reason TEXT]  move the alias back by hand
 
 Settings come from the environment (see config.py).

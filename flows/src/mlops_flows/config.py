@@ -61,6 +61,10 @@ class Settings:
     users_test_share: float = 0.2
     # where a rollback raises its alert (empty: the log and a Prefect artifact only)
     alertmanager_url: str = ""
+    # shadow mode (0: off): a version that passes the gate shadows production as
+    # `candidate` until it made this many predictions beside it, or for shadow_hours
+    shadow_predictions: int = 0
+    shadow_hours: float = 24.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,19 +77,23 @@ class Settings:
             registered_model=os.environ.get("MLOPS_REGISTERED_MODEL", "mnist"),
             work_dir=Path(os.environ.get("MLOPS_WORK_DIR", Path.home() / ".cache" / "mlops-flows")),
             data_cache_versions=int(os.environ.get("MLOPS_DATA_CACHE_VERSIONS", "3")),
-            users_test_share=_share("MLOPS_USERS_TEST_SHARE", 0.2),
+            users_test_share=_number("MLOPS_USERS_TEST_SHARE", 0.2, below=1.0),
             alertmanager_url=os.environ.get("MLOPS_ALERTMANAGER_URL", "").strip(),
+            shadow_predictions=_number("MLOPS_SHADOW_PREDICTIONS", 0, int),
+            shadow_hours=_number("MLOPS_SHADOW_HOURS", 24.0),
         )
 
 
-def _share(name: str, default: float) -> float:
+def _number(name: str, default, kind=float, below: float | None = None):
+    """A setting that is a number (int or float) of at least 0, and under `below` if given."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be a number from 0 up to (not including) 1, not {raw!r}")
+        value = -1
+    if not (value >= 0 and (below is None or value < below)):  # NaN too
+        bound = f" up to (not including) {below:g}" if below is not None else " or more"
+        raise ConfigError(f"{name} must be a {kind.__name__} from 0{bound}, not {raw!r}")
     return value

@@ -161,7 +161,9 @@ def log_run(
 def register(
     settings: Settings, logged: LoggedRun, tag: str, test_sets: list[EvaluatedSet]
 ) -> Decision:
-    decision = register_and_decide(settings.registered_model, logged, tag, test_sets)
+    decision = register_and_decide(
+        settings.registered_model, logged, tag, test_sets, shadow=settings.shadow_predictions > 0
+    )
     get_run_logger().info(
         "model %s version %s: %s", settings.registered_model, decision.version, decision.reason
     )
@@ -305,7 +307,8 @@ def retrain(
 
 @flow(name="watch", log_prints=True)
 def watch(items: int = WATCH_ITEMS, margin: float = WATCH_MARGIN) -> dict:
-    """The production version on trial: moved back when its live accuracy falls short."""
+    """The candidate in shadow mode decided on (live.judge_candidate), then the production
+    version on trial: moved back when its live accuracy falls short (live.check)."""
     import psycopg
     from mlflow import MlflowClient
 
@@ -313,8 +316,25 @@ def watch(items: int = WATCH_ITEMS, margin: float = WATCH_MARGIN) -> dict:
     logger = get_run_logger()
     if not settings.database_url:
         raise ValueError("MLOPS_DATABASE_URL is not set: the watch reads the uploads table")
+    client = MlflowClient()
     with psycopg.connect(settings.database_url, autocommit=True, options=DB_TIMEOUTS) as conn:
-        result = live.check(MlflowClient(), conn, settings.registered_model, items, margin)
+        shadow = live.judge_candidate(
+            client,
+            conn,
+            settings.registered_model,
+            settings.shadow_predictions,
+            settings.shadow_hours,
+        )
+        result = live.check(client, conn, settings.registered_model, items, margin)
+    if shadow.action in ("promoted", "rejected"):
+        logger.warning("shadow mode of %s: %s", settings.registered_model, shadow.reason)
+        create_markdown_artifact(
+            markdown=f"# Model `{settings.registered_model}`: shadow mode\n\n{shadow.reason}",
+            key="shadow-decision",
+            description=f"Version {shadow.version} {shadow.action} after shadow mode",
+        )
+    elif shadow.action == "waiting":
+        logger.info("%s", shadow.reason)
     if result.action == "rolled back":
         logger.error("ROLLBACK of %s: %s", settings.registered_model, result.reason)
         create_markdown_artifact(
@@ -326,7 +346,7 @@ def watch(items: int = WATCH_ITEMS, margin: float = WATCH_MARGIN) -> dict:
             live.alert(settings.alertmanager_url, settings.registered_model, result)
     else:
         logger.info("%s", result.reason)
-    return asdict(result)
+    return {**asdict(result), "shadow": asdict(shadow)}
 
 
 def _work_root(settings: Settings) -> str:

@@ -9,6 +9,14 @@ than `margin`, the alias moves back, the version is tagged with why, and the
 caller raises the alert. Either way the version is tagged `live_check`, and
 is not judged again (nor is the version restored by a rollback).
 
+Before that, in shadow mode, the version that passed the gate holds
+`candidate` and predicts beside production on live requests
+(mlops_uploads.shadow). judge_candidate() moves `production` to it once it
+has `predictions` shadowed predictions, or after `hours`, with what it has:
+when, on the shadowed uploads people labelled, it got at least as many right
+as production did on the same uploads. Otherwise it is rejected. Either way
+the `candidate` alias is removed.
+
 `mlops-flows watch` runs one check (the `watch` flow, on a schedule, does the
 same); `mlops-flows rollback` moves the alias back by hand.
 """
@@ -24,9 +32,17 @@ import psycopg
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlops_uploads import PERSON_LABEL_SQL, PERSON_LABELLED_AT_SQL
+from mlops_uploads import shadow as shadowing
 
 from .config import WATCH_ITEMS, WATCH_MARGIN
-from .tracking import PREVIOUS_TAG, PRODUCTION, production_version
+from .tracking import (
+    CANDIDATE,
+    PREVIOUS_TAG,
+    PRODUCTION,
+    SHADOW_STARTED_TAG,
+    alias_version,
+    production_version,
+)
 
 LIVE_TAG = "live_check"
 
@@ -60,7 +76,8 @@ class LiveScore:
 
 @dataclass(frozen=True)
 class Check:
-    action: str  # "none", "waiting", "passed" or "rolled back"
+    # "none", "waiting", "passed" or "rolled back"; for a candidate: "promoted" or "rejected"
+    action: str
     version: str | None
     previous: str | None
     reason: str
@@ -122,6 +139,62 @@ def check(
     reason = f"passed: live accuracy on its first {new.labelled} labelled predictions {compared}"
     client.set_model_version_tag(name, version, LIVE_TAG, reason)
     return Check("passed", version, previous, f"Version {version} {reason}.", new, old)
+
+
+def judge_candidate(
+    client: MlflowClient,
+    conn: psycopg.Connection,
+    name: str,
+    predictions: int,
+    hours: float,
+    now: datetime | None = None,
+) -> Check:
+    """Decide on the version in shadow mode once it has `predictions` shadowed predictions
+    or has shadowed for `hours`."""
+    candidate = alias_version(client, name, CANDIDATE)
+    if candidate is None:
+        return Check("none", None, None, "No version is in shadow mode.")
+    version, tags = str(candidate.version), candidate.tags or {}
+    current = production_version(client, name)
+    production = str(current.version) if current is not None else None
+    score = shadowing.score(conn, version)
+    started = _shadow_started(tags, candidate.creation_timestamp)
+    elapsed = ((now or datetime.now(UTC)) - started).total_seconds() / 3600
+    figures = (
+        f"{score.shadowed} predictions beside production (agreement {score.agreement:.3f});"
+        f" of the {score.labelled} labelled, candidate {score.candidate_right} right,"
+        f" production {score.production_right}"
+    )
+    if score.shadowed < predictions and elapsed < hours:
+        return Check(
+            "waiting",
+            version,
+            production,
+            f"Version {version} in shadow mode for {elapsed:.1f} h: {figures}. It is decided"
+            f" at {predictions} predictions or after {hours:g} h.",
+        )
+    when = f"after {elapsed:.1f} h" if score.shadowed < predictions else "at enough predictions"
+    if production is None or score.not_worse:
+        reason = f"Shadow mode {when}: {figures}. Not worse: the alias moves to it."
+        if production is not None and production != version:
+            client.set_model_version_tag(name, version, PREVIOUS_TAG, production)
+        client.set_registered_model_alias(name, PRODUCTION, version)
+        outcome, action = "promoted", "promoted"
+    else:
+        reason = f"Shadow mode {when}: {figures}. Worse: version {production} keeps the alias."
+        outcome, action = "rejected in shadow mode", "rejected"
+    # After production moved: a web host never sees no candidate and an old production.
+    client.delete_registered_model_alias(name, CANDIDATE)
+    client.set_model_version_tag(name, version, "promotion", outcome)
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    return Check(action, version, production, f"Version {version}: {reason}")
+
+
+def _shadow_started(tags: dict, created_ms: int | None) -> datetime:
+    try:
+        return datetime.fromisoformat(tags[SHADOW_STARTED_TAG])
+    except (KeyError, ValueError):
+        return datetime.fromtimestamp((created_ms or 0) / 1000, UTC)
 
 
 def rollback(client: MlflowClient, name: str, version: str, to: str, reason: str) -> None:

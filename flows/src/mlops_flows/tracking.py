@@ -11,6 +11,11 @@ uploads were confirmed, the users' own held-out images (dataset.USERS_TEST).
 The alias moves only when, on every test set, the candidate scores at least
 production's accuracy minus that set's tolerance (tolerances()). The first
 version is always promoted.
+
+In shadow mode (register_and_decide(shadow=True)) a version that passes the
+gate gets the alias `candidate` instead: the web hosts run it beside
+production on live requests, and the watch flow moves `production` to it
+later (live.judge_candidate).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import importlib.metadata
 import math
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -31,6 +37,9 @@ from .datarepo import DataVersion
 from .train import EpochResult, Evaluation, Hyperparameters, evaluate, onnx_logits, to_tensor
 
 PRODUCTION = "production"
+# Shadow mode: the version that passed the gate and predicts beside production.
+CANDIDATE = "candidate"
+SHADOW_STARTED_TAG = "shadow_started"  # when it got the alias (ISO 8601, UTC)
 # On a promoted version: the version it replaced (live.py may move the alias back to it).
 PREVIOUS_TAG = "previous_production"
 ONNX_IN_MODEL = "extra_files/model.onnx"
@@ -115,9 +124,16 @@ class Decision:
     production_version: str | None  # the one holding the alias before
     scores: list[Score]
     reason: str
+    shadowing: bool = False  # passed the gate; production's alias moves after shadow mode
 
     def markdown(self, model_name: str, data_version: str) -> str:
-        verdict = "**promoted** to `production`" if self.promoted else "**not promoted**"
+        verdict = (
+            "**promoted** to `production`"
+            if self.promoted
+            else f"**passed the gate**: `{CANDIDATE}` in shadow mode"
+            if self.shadowing
+            else "**not promoted**"
+        )
         before = f"version {self.production_version}" if self.production_version else "none"
         rows = [
             f"| {score.test_set} | {score.images} | {score.candidate:.4f} | "
@@ -225,10 +241,7 @@ def version_of(distribution: str) -> str:
 
 
 def production_version(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, PRODUCTION)
-    except MlflowException:
-        return None
+    return alias_version(client, name, PRODUCTION)
 
 
 def download_onnx(model_uri: str, into: Path) -> Path:
@@ -240,10 +253,22 @@ def download_onnx(model_uri: str, into: Path) -> Path:
     return path
 
 
+def alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def register_and_decide(
-    name: str, logged: LoggedRun, data_version: str, test_sets: list[EvaluatedSet]
+    name: str,
+    logged: LoggedRun,
+    data_version: str,
+    test_sets: list[EvaluatedSet],
+    shadow: bool = False,
 ) -> Decision:
-    """Register the run's model as a new version and move the alias when the gate allows."""
+    """Register the run's model as a new version and move the alias when the gate allows
+    (with shadow, the `candidate` alias, when a version holds `production`)."""
     client = MlflowClient()
     by_name = {test_set.name: test_set for test_set in test_sets}
     tags = {
@@ -273,14 +298,37 @@ def register_and_decide(
         for test_set in test_sets
     ]
     before = current.version if current is not None else None
-    promoted, reason = gate(scores, before)
-    decision = Decision(new.version, promoted, before, scores, reason)
-    if decision.promoted:
+    passed, reason = gate(scores, before)
+    shadowing = passed and shadow and before is not None
+    if shadowing:
+        reason += (
+            f" Shadow mode: it first predicts beside version {before} as `{CANDIDATE}`;"
+            " the watch flow moves the alias."
+        )
+        start_shadow(client, name, new.version)
+    elif passed:
         if before is not None:
             client.set_model_version_tag(name, new.version, PREVIOUS_TAG, before)
         client.set_registered_model_alias(name, PRODUCTION, new.version)
-    client.set_model_version_tag(
-        name, new.version, "promotion", "promoted" if decision.promoted else "not promoted"
-    )
+    decision = Decision(new.version, passed and not shadowing, before, scores, reason, shadowing)
+    outcome = "shadowing" if shadowing else "promoted" if decision.promoted else "not promoted"
+    client.set_model_version_tag(name, new.version, "promotion", outcome)
     client.set_model_version_tag(name, new.version, "promotion_reason", decision.reason)
     return decision
+
+
+def start_shadow(client: MlflowClient, name: str, version: str) -> None:
+    """Give `version` the candidate alias; a candidate it replaces is tagged superseded."""
+    older = alias_version(client, name, CANDIDATE)
+    if older is not None and str(older.version) != str(version):
+        client.set_model_version_tag(name, older.version, "promotion", "superseded")
+        client.set_model_version_tag(
+            name,
+            older.version,
+            "promotion_reason",
+            f"Version {version} passed the gate while this one was in shadow mode.",
+        )
+    client.set_model_version_tag(
+        name, version, SHADOW_STARTED_TAG, datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    client.set_registered_model_alias(name, CANDIDATE, version)

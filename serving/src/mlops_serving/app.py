@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask, g, jsonify, render_template, request
 from flask.sessions import SecureCookieSessionInterface
@@ -40,6 +41,7 @@ DB_OPTIONS = "-c lock_timeout=2s -c statement_timeout=10s"
 class State:
     config: Config
     models: ModelHolder
+    shadow: ModelHolder | None  # the candidate in shadow mode (config.shadow_alias)
     shipper: UploadShipper
     pool: ConnectionPool
     metrics: Metrics
@@ -95,6 +97,17 @@ def create_app(
             config.model_name, loaded.version, loaded.data_version
         ),
     )
+    shadow = (
+        ModelHolder(
+            config.model_name,
+            config.shadow_alias,
+            config.model_poll_seconds,
+            str(Path(config.model_dir) / "shadow") if config.model_dir else "",
+            optional=True,
+        )
+        if config.shadow_alias
+        else None
+    )
     shipper = UploadShipper(
         config.s3_endpoint,
         config.uploads_bucket,
@@ -105,7 +118,14 @@ def create_app(
     )
     gate = DecodeGate(config.costly_decode_pixels, config.decode_wait_seconds, decode_slots)
     state = State(
-        config, models, shipper, pool, metrics, gate, QualityCache(config.status_refresh_seconds)
+        config,
+        models,
+        shadow,
+        shipper,
+        pool,
+        metrics,
+        gate,
+        QualityCache(config.status_refresh_seconds),
     )
     app.extensions["mlops"] = state
 
@@ -123,6 +143,8 @@ def create_app(
     register_metrics_hooks(app, state)
     if start_background:
         models.start()
+        if shadow is not None:
+            shadow.start()
         shipper.start()
     return app
 

@@ -26,6 +26,9 @@ class Config:
     uploads_bucket: str = "web-uploads"
     model_name: str = "mnist"
     model_alias: str = "production"
+    # shadow mode: the version holding this alias predicts beside production on every
+    # request (its digit is stored, production's is answered); empty: no shadow
+    shadow_alias: str = "candidate"
     # user:secret pairs, comma separated; the secret is a werkzeug password
     # hash (generate_password_hash) or the password itself
     reviewers: str = ""

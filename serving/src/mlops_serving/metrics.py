@@ -1,5 +1,6 @@
 """Prometheus metrics: requests, latency, predictions per digit and model version, the
-people's verdicts on them (the uploader's feedback, a reviewer's decision), the model version.
+people's verdicts on them (the uploader's feedback, a reviewer's decision), the model version,
+and in shadow mode the candidate's predictions beside production and the verdicts on them.
 
 With several waitress processes (server.py sets PROMETHEUS_MULTIPROC_DIR)
 each process writes its values to files there, and /metrics sums them.
@@ -57,6 +58,19 @@ class Metrics:
             ["model_version", "verdict"],
             registry=self.registry,
         )
+        # Shadow mode: the candidate beside production, and people's verdicts on its digit.
+        self.shadow_predictions = Counter(
+            "mlops_shadow_predictions_total",
+            "Predictions of the candidate shadowing production, by whether they agreed",
+            ["model_version", "agreement"],
+            registry=self.registry,
+        )
+        self.shadow_verdicts = Counter(
+            "mlops_shadow_verdicts_total",
+            "People's labels (feedback or review) against the shadowing candidate's digit",
+            ["model_version", "verdict"],
+            registry=self.registry,
+        )
         self.originals_waiting = Gauge(
             "mlops_upload_originals_waiting",
             "Uploads whose original is not in the object store yet (the outbox)",
@@ -92,6 +106,7 @@ class Metrics:
         """After an uploader's feedback `label` on `row` (an mlops_uploads.Upload) was stored."""
         verdict = "right" if label == row.predicted_label else "wrong"
         self.feedback.labels(model_version=row.model_version, verdict=verdict).inc()
+        self._count_shadow_verdict(row, label)
 
     def count_review(self, row) -> None:
         """After a reviewer's decision on `row` was stored."""
@@ -100,6 +115,17 @@ class Metrics:
         else:
             verdict = "right" if row.reviewed_label == row.predicted_label else "wrong"
         self.reviews.labels(model_version=row.model_version, verdict=verdict).inc()
+        self._count_shadow_verdict(row, row.reviewed_label)
+
+    def count_shadow(self, version: str, agreed: bool) -> None:
+        agreement = "agree" if agreed else "disagree"
+        self.shadow_predictions.labels(model_version=version, agreement=agreement).inc()
+
+    def _count_shadow_verdict(self, row, label: int | None) -> None:
+        if row.shadow_model_version is None or label is None:
+            return
+        verdict = "right" if label == row.shadow_predicted_label else "wrong"
+        self.shadow_verdicts.labels(model_version=row.shadow_model_version, verdict=verdict).inc()
 
     def set_model(self, name: str, version: str, data_version: str) -> None:
         labels = {"name": name, "version": version, "data_version": data_version}

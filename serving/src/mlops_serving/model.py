@@ -6,6 +6,9 @@ ONNX Runtime session built, then swapped in with one assignment. A request
 holds the Loaded object it started with, so requests in flight finish on the
 model they began with.
 
+A holder for an optional alias (shadow mode's `candidate`) unloads its model
+when MLflow says no version holds the alias any more.
+
 The web app does not need MLflow to start: each model that goes live is also
 kept in `model_dir` (the ONNX file and what it is, with its sha256), and a
 starting process serves that copy at once, then asks MLflow in the
@@ -37,6 +40,8 @@ MLFLOW_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
 }
 CACHE_FILE = "production.json"
+# How MLflow says no version holds an alias: no such model yet, or no such alias on it.
+NO_SUCH_ALIAS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # Where the training flow puts the ONNX export in a model version
 # (mlops_flows.tracking.ONNX_IN_MODEL; tests/test_repository.py ties the two).
 ONNX_IN_MODEL = "extra_files/model.onnx"
@@ -94,11 +99,13 @@ class ModelHolder:
         poll_seconds: int,
         model_dir: str = "",
         on_live: Callable[[Loaded], None] | None = None,
+        optional: bool = False,
     ):
         self.name = name
         self.alias = alias
         self.poll_seconds = poll_seconds
         self.on_live = on_live  # called with each model that goes live
+        self.optional = optional  # unload when no version holds the alias
         self.model_dir = Path(model_dir or tempfile.mkdtemp(prefix="mlops-model-"))
         self.current: Loaded | None = None
         self.last_check: float | None = None
@@ -149,7 +156,9 @@ class ModelHolder:
             self.last_check = time.time()
             self.last_error = f"{error.__class__.__name__}: {str(error)[:200]}"
             # It answered, with "no such alias": reachable, nothing to serve yet.
-            self.mlflow_reachable = getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+            self.mlflow_reachable = getattr(error, "error_code", "") in NO_SUCH_ALIAS
+            if self.mlflow_reachable and self.optional and self.current is not None:
+                self._unload()
             return False
         self.last_check = time.time()
         self.last_error = None
@@ -212,6 +221,18 @@ class ModelHolder:
             loaded.data_version,
             source,
         )
+
+    def _unload(self) -> None:
+        log.info(
+            "no version of %s holds %s any more: version %s unloaded",
+            self.name,
+            self.alias,
+            self.current.version,
+        )
+        self.current = None
+        (self.model_dir / CACHE_FILE).unlink(missing_ok=True)
+        for kept in self.model_dir.glob("model-*.onnx"):
+            kept.unlink(missing_ok=True)
 
     def start(self) -> None:
         """Serve the kept copy now; ask MLflow in the background from then on."""

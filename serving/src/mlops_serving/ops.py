@@ -28,9 +28,12 @@ def readyz():
     """Ready when a model is loaded and the database, at the schema this app needs, answers."""
     models = state().models
     model = models.current
+    shadow = state().shadow.current if state().shadow is not None else None
     body = {
         "model_version": model.version if model else None,
         "data_version": model.data_version if model else None,
+        # shadow mode: the candidate predicting beside the model (None: no candidate)
+        "shadow_version": shadow.version if shadow else None,
         "mlflow": {True: "reachable", False: "unreachable", None: "not asked yet"}[
             models.mlflow_reachable
         ],

@@ -127,7 +127,7 @@ def status():
     app = state()
     holder = app.models
     try:
-        quality = app.quality.get(app.pool, holder)
+        quality = app.quality.get(app.pool, holder, app.shadow)
     except Exception:  # the database is down: the model's part of the page still shows
         log.exception("the status page's figures could not be computed")
         quality = None

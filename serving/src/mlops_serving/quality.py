@@ -1,5 +1,6 @@
 """How the models do on the users' uploads, for the status page: live accuracy per
-version and day, uploads per day, the reviewed confusion matrix, the review backlog.
+version and day, uploads per day, the reviewed confusion matrix, the review backlog,
+and how the candidate in shadow mode compares with production.
 
 The figures come from the uploads table (a person's label: the reviewer's, else
 the uploader's feedback) and are computed at most once a minute per process:
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from markupsafe import Markup
+from mlops_uploads import shadow as shadowing
 from mlops_uploads import web as uploads
 
 from . import charts
@@ -30,6 +32,7 @@ class QualityPage:
     # per version seen in the window: (version, data version, predictions, labelled, right)
     versions: list[tuple[str, str, int, int, int]]
     computed_at: float
+    shadow: shadowing.ShadowScore | None = None  # the candidate shadowing production
 
 
 class QualityCache:
@@ -38,16 +41,25 @@ class QualityCache:
         self._page: QualityPage | None = None
         self._lock = threading.Lock()
 
-    def get(self, pool, models) -> QualityPage:
+    def get(self, pool, models, shadow=None) -> QualityPage:
+        """models: the production ModelHolder; shadow: the candidate's (or None)."""
+        candidate = shadow.current if shadow is not None else None
         with self._lock:
             if self._page is None or time.time() - self._page.computed_at >= self.refresh_seconds:
                 with pool.connection() as conn:
                     found = uploads.quality(conn, WINDOW_DAYS)
-                self._page = build(found, models.data_versions())
+                    shadowed = (
+                        shadowing.score(conn, candidate.version) if candidate is not None else None
+                    )
+                self._page = build(found, models.data_versions(), shadowed)
             return self._page
 
 
-def build(found: uploads.Quality, data_versions: dict[str, str]) -> QualityPage:
+def build(
+    found: uploads.Quality,
+    data_versions: dict[str, str],
+    shadowed: shadowing.ShadowScore | None = None,
+) -> QualityPage:
     today = date.today()
     first = min((row.day for row in found.per_version_day), default=today - timedelta(days=6))
     days = [first + timedelta(days=n) for n in range((today - first).days + 1)]
@@ -73,4 +85,5 @@ def build(found: uploads.Quality, data_versions: dict[str, str]) -> QualityPage:
             for version in sorted(totals, key=lambda v: (len(v), v))
         ],
         computed_at=time.time(),
+        shadow=shadowed,
     )

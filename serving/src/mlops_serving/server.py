@@ -23,6 +23,8 @@ the other web hosts meanwhile.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import os
 import select
@@ -108,7 +110,12 @@ def drain_on_sigterm(server, seconds: float) -> None:
     socket_map = getattr(server, "map", None)
     if socket_map is None:
         socket_map = server._map
-    draining = threading.Event()
+    # The handler writes a byte to a pipe, the drain thread waits on it: no lock is taken
+    # in the handler. With threading.Event.set, a second SIGTERM (systemd's and the parent
+    # process's) arriving inside the first handler's set() deadlocked on the Event's lock,
+    # and the process never stopped.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
 
     def busy() -> int:
         return sum(
@@ -136,10 +143,10 @@ def drain_on_sigterm(server, seconds: float) -> None:
         accepting_stopped.set()
 
     def drain() -> None:
-        """A thread of its own, started before any signal: the handler only sets an event.
+        """A thread of its own, started before any signal: the handler only writes a byte.
         Pulling waitress's trigger from the handler deadlocked when the signal came while
         the loop held the trigger's lock (running thunks): the process never stopped."""
-        draining.wait()
+        os.read(wake_read, 1)
         listeners[0].trigger.pull_trigger(stop_accepting)
         accepting_stopped.wait()
         log.info("SIGTERM: draining %d request(s) in flight", busy())
@@ -153,8 +160,9 @@ def drain_on_sigterm(server, seconds: float) -> None:
     threading.Thread(target=drain, name="drain", daemon=True).start()
 
     def on_sigterm(_signum, _frame) -> None:
-        # systemd and the parent process may both send it; Event.set is idempotent.
-        draining.set()
+        # systemd and the parent process may both send it: the drain starts once.
+        with contextlib.suppress(BlockingIOError):
+            os.write(wake_write, b"x")
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in vars(args).items()
         if value is not None
     }
+    # `kill -USR1 <pid>` prints every thread's stack to the journal: a hung process explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = Config.from_env({**os.environ, **overrides})
     if config.web_processes < 1 or config.web_threads < 1:
         parser.error("--processes and --threads must be at least 1")

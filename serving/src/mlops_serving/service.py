@@ -93,6 +93,24 @@ def shared_decode_slots(count: int = 1):
     return multiprocessing.BoundedSemaphore(count)
 
 
+def shadow_prediction(holder, production, batch) -> tuple[str, int] | None:
+    """(version, digit) of the candidate shadowing production, when one is loaded.
+
+    The candidate never decides an answer, so its failure must not fail one: it
+    is logged and the row is stored without a shadow digit.
+    """
+    candidate = holder.current if holder is not None else None
+    if candidate is None or candidate.version == production.version:
+        return None
+    try:
+        return candidate.version, int(candidate.probabilities(batch)[0].argmax())
+    except Exception:
+        log.exception(
+            "the shadow model (version %s) failed; answered without it", candidate.version
+        )
+        return None
+
+
 def predict_and_store(data: bytes) -> Prediction:
     """Preprocess, predict with the live model, commit the row and the original.
 
@@ -110,8 +128,11 @@ def predict_and_store(data: bytes) -> Prediction:
     marks.append(("outbox size", time.monotonic()))
     prepared = prepare(data, max_pixels=app.config.max_pixels, gate=app.decode_gate)
     marks.append(("decode", time.monotonic()))
-    probabilities = [float(p) for p in model.probabilities(prepared.model_input())[0]]
+    batch = prepared.model_input()
+    probabilities = [float(p) for p in model.probabilities(batch)[0]]
     marks.append(("model", time.monotonic()))
+    shadow = shadow_prediction(app.shadow, model, batch)
+    marks.append(("shadow model", time.monotonic()))
     digit = max(range(len(probabilities)), key=probabilities.__getitem__)
     sha, key = content_key(data, prepared.extension)
     token = secrets.token_urlsafe(24)
@@ -127,12 +148,15 @@ def predict_and_store(data: bytes) -> Prediction:
             probabilities=probabilities,
             model_version=model.version,
             feedback_token=token,
+            shadow=shadow,
         )
     marks.append(("insert", time.monotonic()))
     app.shipper.queued()
     app.shipper.help_when_overdue()
     marks.append(("helping the shipper", time.monotonic()))
     app.metrics.predictions.labels(digit=str(digit), model_version=model.version).inc()
+    if shadow is not None:
+        app.metrics.count_shadow(shadow[0], shadow[1] == digit)
     if marks[-1][1] - marks[0][1] > SLOW_PREDICTION_SECONDS:
         log.warning(
             "slow prediction: %s",

@@ -18,6 +18,7 @@ them used. Neither owns a table.
     schema.py   migrations, applied by `mlops-uploads migrate` as the owner
     web.py      the web app's queries
     retrain.py  the retrain flow's queries
+    shadow.py   how a candidate shadowing production did (the status page, the watch flow)
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Upload:
     used_in_version: str | None
     used_at: datetime | None
     created_at: datetime
+    # Shadow mode: the candidate version that predicted beside production, and its digit.
+    shadow_model_version: str | None = None
+    shadow_predicted_label: int | None = None
 
     @property
     def shown_label(self) -> int:

@@ -115,6 +115,16 @@ MIGRATIONS: list[str] = [
         f" GRANT UPDATE (claimed_by, claimed_at, used_in_version, used_at) ON uploads"
         f" TO {WORKER_ROLE};",
     ),
+    # 7: shadow mode: the candidate version's prediction beside production's (shadow.py)
+    """
+    ALTER TABLE uploads
+        ADD COLUMN shadow_model_version text,
+        ADD COLUMN shadow_predicted_label smallint
+            CHECK (shadow_predicted_label BETWEEN 0 AND 9),
+        ADD CHECK ((shadow_model_version IS NULL) = (shadow_predicted_label IS NULL));
+    CREATE INDEX uploads_shadow ON uploads (shadow_model_version)
+        WHERE shadow_model_version IS NOT NULL;
+    """,
 ]
 LATEST = len(MIGRATIONS)
 

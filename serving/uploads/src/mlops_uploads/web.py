@@ -55,16 +55,20 @@ def insert(
     probabilities: Sequence[float],
     model_version: str,
     feedback_token: str,
+    shadow: tuple[str, int] | None = None,
 ) -> str:
     """The row and its original (queued for the object store), in one statement.
 
+    shadow: (version, digit) of the candidate that predicted beside production.
     Returns the upload's public id.
     """
+    shadow_version, shadow_label = shadow or (None, None)
     row = conn.execute(
         "WITH upload AS ("
         " INSERT INTO uploads (object_key, sha256, content_type, size_bytes, model_input,"
-        " predicted_label, probabilities, model_version, feedback_token_sha256)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s::real[], %s, %s) RETURNING id, public_id),"
+        " predicted_label, probabilities, model_version, feedback_token_sha256,"
+        " shadow_model_version, shadow_predicted_label)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s::real[], %s, %s, %s, %s) RETURNING id, public_id),"
         " queued AS (INSERT INTO upload_originals (upload_id, data) SELECT id, %s FROM upload)"
         " SELECT public_id::text FROM upload",
         (
@@ -78,6 +82,8 @@ def insert(
             "{" + ",".join(f"{p:.9g}" for p in probabilities) + "}",
             model_version,
             token_digest(feedback_token),
+            shadow_version,
+            shadow_label,
             original,
         ),
     ).fetchone()
