@@ -17,11 +17,11 @@ prints how long the last burst's originals took to reach the bucket. A last
 case runs 8 clients for --sustained seconds, longer than the outbox's
 longest wait (30 s), where the shipper runs beside the requests.
 
-The shadow case (--shadow, on by default) measures what shadow mode adds: 8
+The shadow case (--shadow-seconds, 20 by default) measures what shadow mode adds: 8
 clients without a candidate, with one (a copy of the same version holding
 `candidate`: the web app runs it beside production on every request), and
-without again; it prints p50/p99 of each and how many predictions the
-candidate shadowed (from /metrics).
+without again, each with an empty outbox; it prints p50/p99 of each and how
+many predictions the candidate shadowed (from /metrics).
 
     .venv-dev/bin/python serving/benchmarks/predict_benchmark.py \
         [--seconds 10] [--processes N] [--threads 4] [--mlflow-workers 1] [--sustained 60]
@@ -198,6 +198,7 @@ def shadow_case(web, services, version: str, requests, seconds: float, poll_seco
                 client.delete_registered_model_alias("mnist", tracking.CANDIDATE)
         if case != "without shadow":
             time.sleep(poll_seconds + 5)  # every waitress process polls on its own
+        drain_outbox(web.env["MLOPS_DATABASE_URL"])  # each case starts with the shipper idle
         before = (
             metric_sum(port, "mlops_predictions_total"),
             metric_sum(port, "mlops_shadow_predictions_total"),
