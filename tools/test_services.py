@@ -456,7 +456,12 @@ class Services:
             wait_for(f"{mlflow['url']}/health", 180, what="MLflow")
         except TimeoutError as error:
             raise RuntimeError(f"{error}\n{self.log_tail('mlflow')}") from None
-        # The mlflow role's own provisioning script: accounts, experiment, model, grants.
+        self.provision_mlflow(users=mlflow["users"], grants={"worker": "MANAGE", "web": "READ"})
+
+    def provision_mlflow(self, **spec) -> None:
+        """The mlflow role's own provisioning script (accounts, the mnist experiment and
+        model, grants; `people` and `role_grants` as well), run as MLflow's admin."""
+        mlflow = self.info["mlflow"]
         subprocess.run(
             [
                 str(DEV_BIN / "python"),
@@ -465,10 +470,9 @@ class Services:
             input=json.dumps(
                 {
                     "url": mlflow["url"],
-                    "users": mlflow["users"],
                     "experiments": ["mnist"],
                     "registered_models": ["mnist"],
-                    "grants": {"worker": "MANAGE", "web": "READ"},
+                    **spec,
                 }
             ),
             env={

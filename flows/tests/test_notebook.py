@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,28 +16,12 @@ NOTEBOOK = ROOT / "flows" / "notebooks" / "laptop.ipynb"
 def scientist(services, production_model) -> dict:
     """A person with the scientist role, as the mlflow role provisions people."""
     grants = yaml.safe_load((ROOT / "roles" / "mlflow" / "defaults" / "main.yml").read_text())
-    mlflow = services.info["mlflow"]
     password = secrets.token_urlsafe(18)
-    spec = {
-        "url": mlflow["url"],
-        "users": {"sam": password},
-        "experiments": ["mnist"],
-        "registered_models": ["mnist"],
-        "grants": {},
-        "people": [{"name": "sam", "roles": ["scientist"]}],
-        "role_grants": grants["mlflow_people_grants"],
-    }
-    subprocess.run(
-        [sys.executable, str(ROOT / "roles" / "mlflow" / "files" / "mlflow-provision.py")],
-        input=json.dumps(spec),
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": mlflow["admin_password"],
-        },
-        text=True,
-        check=True,
-        capture_output=True,
+    services.provision_mlflow(
+        users={"sam": password},
+        grants={},
+        people=[{"name": "sam", "roles": ["scientist"]}],
+        role_grants=grants["mlflow_people_grants"],
     )
     return {
         **services.client_env("worker"),

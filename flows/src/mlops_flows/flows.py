@@ -25,8 +25,10 @@ from .tracking import (
     MNIST,
     USERS,
     Decision,
+    Evaluated,
     EvaluatedSet,
     LoggedRun,
+    Trained,
     log_training_run,
     register_and_decide,
 )
@@ -99,11 +101,11 @@ def fit(version: DataVersion, hp: Hyperparameters):
         )
 
     model, history = train_model(images, labels, hp, on_epoch=report)
-    return model, history, str(device)
+    return Trained(model, history, str(device))
 
 
 @task(timeout_seconds=1800, cache_policy=NO_CACHE)
-def evaluate_and_export(model, version: DataVersion, workdir: Path):
+def evaluate_and_export(model, version: DataVersion, workdir: Path) -> Evaluated:
     """Accuracy, per-digit recall and a confusion matrix on MNIST's test set and on the users'
     held-out images (when the version has any); an ONNX export checked against PyTorch."""
     logger = get_run_logger()
@@ -134,25 +136,18 @@ def evaluate_and_export(model, version: DataVersion, workdir: Path):
             f"ONNX outputs differ from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE})"
         )
     logger.info("ONNX max |diff| %.2e", difference)
-    return test_sets, onnx_path, difference, pngs
+    return Evaluated(test_sets, onnx_path, difference, pngs)
 
 
 @task(**IO_RETRIES, timeout_seconds=900)
 def log_run(
-    settings: Settings, version, hp, history, test_sets, model, onnx_path, difference, pngs, device
-):
-    logged = log_training_run(
-        settings.experiment,
-        version,
-        hp,
-        history,
-        test_sets,
-        model,
-        onnx_path,
-        difference,
-        pngs,
-        device,
-    )
+    settings: Settings,
+    version: DataVersion,
+    hp: Hyperparameters,
+    trained: Trained,
+    evaluated: Evaluated,
+) -> LoggedRun:
+    logged = log_training_run(settings.experiment, version, hp, trained, evaluated)
     get_run_logger().info("MLflow run %s, model %s", logged.run_id, logged.model_uri)
     return logged
 
@@ -193,21 +188,10 @@ def train(
     workdir = Path(tempfile.mkdtemp(prefix="mlops-train-", dir=_work_root(settings)))
     try:
         version = fetch_data(settings, tag, settings.work_dir / "data")
-        model, history, used_device = fit(version, hp)
-        test_sets, onnx_path, difference, pngs = evaluate_and_export(model, version, workdir)
-        logged = log_run(
-            settings,
-            version,
-            hp,
-            history,
-            test_sets,
-            model,
-            onnx_path,
-            difference,
-            pngs,
-            used_device,
-        )
-        decision = register(settings, logged, tag, test_sets)
+        trained = fit(version, hp)
+        evaluated = evaluate_and_export(trained.model, version, workdir)
+        logged = log_run(settings, version, hp, trained, evaluated)
+        decision = register(settings, logged, tag, evaluated.test_sets)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {"data_version": tag, "run_id": logged.run_id, **asdict(decision)}

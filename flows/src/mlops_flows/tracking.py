@@ -86,6 +86,25 @@ class EvaluatedSet:
 
 
 @dataclass(frozen=True)
+class Trained:
+    """What training produced."""
+
+    model: object = field(repr=False)  # the torch module
+    history: list[EpochResult] = field(repr=False)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The trained model on its test sets, and its ONNX export checked against it."""
+
+    test_sets: list[EvaluatedSet]
+    onnx_path: Path
+    onnx_max_abs_diff: float
+    confusion_pngs: list[Path]
+
+
+@dataclass(frozen=True)
 class Score:
     test_set: str
     images: int
@@ -169,14 +188,10 @@ def log_training_run(
     experiment: str,
     version: DataVersion,
     hp: Hyperparameters,
-    history: list[EpochResult],
-    test_sets: list[EvaluatedSet],
-    model,
-    onnx_path: Path,
-    onnx_max_abs_diff: float,
-    confusion_pngs: list[Path],
-    device: str,
+    trained: Trained,
+    evaluated: Evaluated,
 ) -> LoggedRun:
+    device = trained.device
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{version.tag}") as run:
         mlflow.set_tags({"data_version": version.tag, "framework": "pytorch", "device": device})
@@ -191,7 +206,7 @@ def log_training_run(
                 "n_users_test": sum(version.users_test_counts.values()),
             }
         )
-        for result in history:
+        for result in trained.history:
             mlflow.log_metrics(
                 {
                     "train_loss": result.train_loss,
@@ -203,8 +218,8 @@ def log_training_run(
                 },
                 step=result.epoch,
             )
-        metrics = {"onnx_max_abs_diff": onnx_max_abs_diff}
-        for test_set in test_sets:
+        metrics = {"onnx_max_abs_diff": evaluated.onnx_max_abs_diff}
+        for test_set in evaluated.test_sets:
             # test_accuracy (MNIST) keeps its name; the users' set is users_test_*.
             prefix = "test" if test_set.name == MNIST else f"{test_set.name}_test"
             metrics[f"{prefix}_accuracy"] = test_set.candidate.accuracy
@@ -216,16 +231,16 @@ def log_training_run(
                 }
             )
         mlflow.log_metrics(metrics)
-        for png in confusion_pngs:
+        for png in evaluated.confusion_pngs:
             mlflow.log_artifact(str(png), artifact_path="evaluation")
         example = to_tensor(np.zeros((2, 28, 28), np.uint8)).numpy()
         signature = infer_signature(example, np.zeros((2, 10), np.float32))
         info = mlflow.pytorch.log_model(
-            model.cpu(),
+            trained.model.cpu(),
             name="model",
             signature=signature,
             input_example=example,
-            extra_files=[str(onnx_path)],
+            extra_files=[str(evaluated.onnx_path)],
             # Named here: inferring them imports the world in a subprocess (slow).
             pip_requirements=[
                 f"torch=={version_of('torch')}",

@@ -29,6 +29,8 @@ class Config:
     # shadow mode: the version holding this alias predicts beside production on every
     # request (its digit is stored, production's is answered); empty: no shadow
     shadow_alias: str = "candidate"
+    # the share of predictions the candidate shadows (its ONNX run doubles the model's CPU)
+    shadow_share: float = 1.0
     # user:secret pairs, comma separated; the secret is a werkzeug password
     # hash (generate_password_hash) or the password itself
     reviewers: str = ""
@@ -89,6 +91,10 @@ class Config:
         if missing:
             raise ConfigError(
                 f"not set: {', '.join(missing)} (the serving role's environment file)"
+            )
+        if not 0.0 <= values.get("shadow_share", 1.0) <= 1.0:  # NaN too
+            raise ConfigError(
+                f"MLOPS_SHADOW_SHARE must be from 0 to 1, not {values['shadow_share']}"
             )
         return cls(**values)
 

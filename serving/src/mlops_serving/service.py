@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import random
 import secrets
 import threading
 import time
@@ -93,14 +94,17 @@ def shared_decode_slots(count: int = 1):
     return multiprocessing.BoundedSemaphore(count)
 
 
-def shadow_prediction(holder, production, batch) -> tuple[str, int] | None:
-    """(version, digit) of the candidate shadowing production, when one is loaded.
+def shadow_prediction(holder, production, batch, share: float = 1.0) -> tuple[str, int] | None:
+    """(version, digit) of the candidate shadowing production, when one is loaded (for a
+    random `share` of the predictions).
 
     The candidate never decides an answer, so its failure must not fail one: it
     is logged and the row is stored without a shadow digit.
     """
     candidate = holder.current if holder is not None else None
     if candidate is None or candidate.version == production.version:
+        return None
+    if share < 1.0 and random.random() >= share:  # noqa: S311 (a sample, not a secret)
         return None
     try:
         return candidate.version, int(candidate.probabilities(batch)[0].argmax())
@@ -131,7 +135,7 @@ def predict_and_store(data: bytes) -> Prediction:
     batch = prepared.model_input()
     probabilities = [float(p) for p in model.probabilities(batch)[0]]
     marks.append(("model", time.monotonic()))
-    shadow = shadow_prediction(app.shadow, model, batch)
+    shadow = shadow_prediction(app.shadow, model, batch, app.config.shadow_share)
     marks.append(("shadow model", time.monotonic()))
     digit = max(range(len(probabilities)), key=probabilities.__getitem__)
     sha, key = content_key(data, prepared.extension)
