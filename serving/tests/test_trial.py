@@ -26,8 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from browser import chromium
 from PIL import Image, ImageFilter
-from webapp import environment, start_web, wait_ready
+from webapp import OUTPUT, environment, start_web, wait_ready
 
 UPLOADS = 500  # with half held out: 250 or so, enough for the users' set to count for more
 EVALUATED = 500
@@ -310,8 +311,14 @@ def test_a_candidate_shadows_production_then_takes_the_alias(
                 f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
             )
             assert agreed - agreed_before == predictions
-            status = web.get("/status").text
-            assert "In shadow mode" in status and f"version {candidate} predicts beside" in status
+            with chromium() as browser:  # what a person sees, in test-output/
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.goto(web.url + "/status")
+                assert page.inner_text("#shadow-version").startswith(f"version {candidate} ")
+                assert page.inner_text("#shadow-count").strip() == str(predictions)
+                assert page.inner_text("#shadow-agreement").strip() == "100.0 %"
+                OUTPUT.mkdir(exist_ok=True)
+                page.screenshot(path=str(OUTPUT / "8-status-shadow.png"), full_page=True)
 
             judged = watch(items=50, margin=0.05)["shadow"]
             print(f"\nshadow mode: {judged['reason']}")
