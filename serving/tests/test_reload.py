@@ -8,18 +8,7 @@ import signal
 import threading
 import time
 
-from webapp import start_web, web_env
-
-
-def worker_environment(services):
-    saved = dict(os.environ)
-    os.environ.update(services.client_env("worker"))
-    return saved
-
-
-def restore(saved: dict) -> None:
-    os.environ.clear()
-    os.environ.update(saved)
+from webapp import environment, start_web, web_env
 
 
 def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_request(
@@ -46,33 +35,32 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
     threads = [threading.Thread(target=keep_predicting) for _ in range(4)]
     for thread in threads:
         thread.start()
-    saved = worker_environment(services)
     try:
-        while len(outcomes) < 50:  # under load before the alias moves
-            time.sleep(0.05)
-        client = MlflowClient()
-        before = client.get_model_version_by_alias("mnist", "production")
-        # A new version of the same weights, moved to production by hand.
-        new = mlflow.register_model(before.source, "mnist", tags=before.tags)
-        client.set_registered_model_alias("mnist", "production", new.version)
-        moved_at = time.monotonic()
-        deadline = moved_at + 45
-        all_new_at = None
-        # Until both waitress processes answer with it (each polls on its own).
-        while time.monotonic() < deadline:
-            recent = [version for _, _, version in outcomes[-8:]]
-            if len(recent) == 8 and all(version == new.version for version in recent):
-                all_new_at = time.monotonic()
-                break
-            time.sleep(0.2)
-        served_new = len(outcomes)
-        while len(outcomes) < served_new + 50 and time.monotonic() < deadline:
-            time.sleep(0.05)  # and still under load after the switch
+        with environment(services.client_env("worker")):
+            while len(outcomes) < 50:  # under load before the alias moves
+                time.sleep(0.05)
+            client = MlflowClient()
+            before = client.get_model_version_by_alias("mnist", "production")
+            # A new version of the same weights, moved to production by hand.
+            new = mlflow.register_model(before.source, "mnist", tags=before.tags)
+            client.set_registered_model_alias("mnist", "production", new.version)
+            moved_at = time.monotonic()
+            deadline = moved_at + 45
+            all_new_at = None
+            # Until both waitress processes answer with it (each polls on its own).
+            while time.monotonic() < deadline:
+                recent = [version for _, _, version in outcomes[-8:]]
+                if len(recent) == 8 and all(version == new.version for version in recent):
+                    all_new_at = time.monotonic()
+                    break
+                time.sleep(0.2)
+            served_new = len(outcomes)
+            while len(outcomes) < served_new + 50 and time.monotonic() < deadline:
+                time.sleep(0.05)  # and still under load after the switch
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-        restore(saved)
     failed = [o for o in outcomes if o[1] != 200]
     first_new = min((t for t, _, v in outcomes if v == new.version), default=None)
     assert not failed, failed[:5]
@@ -111,9 +99,7 @@ def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(
     import mlops_serving.app as serving
 
     env, _ = web_env(services, tmp_path)
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
+    with environment(env):
         app = serving.create_app(start_background=False)
         holder = app.extensions["mlops"].models
         assert holder.refresh() is True
@@ -127,8 +113,6 @@ def test_when_mlflow_is_unreachable_the_loaded_model_keeps_serving(
         data, _ = test_images[0]
         answer = client.post("/api/v1/predict", data={"file": (io.BytesIO(data), "d.png")})
         assert answer.status_code == 200 and answer.get_json()["model_version"] == loaded
-    finally:
-        restore(saved)
 
 
 def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_path):
