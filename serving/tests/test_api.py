@@ -159,6 +159,7 @@ def test_probes_say_what_state_the_app_is_in_and_nothing_internal(web, productio
         "status": "ready",
         "model_version": production_model.version,
         "data_version": production_model.tags["data_version"],
+        "shadow_version": None,  # no version holds `candidate`
         "mlflow": "reachable",
         "database": "ok",
     }

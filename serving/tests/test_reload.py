@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from webapp import environment, start_web, web_env
+from webapp import environment, start_web, wait_ready, web_env
 
 
 def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_request(
@@ -45,17 +45,12 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
             new = mlflow.register_model(before.source, "mnist", tags=before.tags)
             client.set_registered_model_alias("mnist", "production", new.version)
             moved_at = time.monotonic()
-            deadline = moved_at + 45
-            all_new_at = None
-            # Until both waitress processes answer with it (each polls on its own).
-            while time.monotonic() < deadline:
-                recent = [version for _, _, version in outcomes[-8:]]
-                if len(recent) == 8 and all(version == new.version for version in recent):
-                    all_new_at = time.monotonic()
-                    break
-                time.sleep(0.2)
+            # Each process polls and loads on its own: the second can switch seconds after
+            # the first (7.8 s later on this 2-core machine with the molecule lane beside).
+            wait_ready(web, timeout=45, model_version=new.version)
+            all_new_at = time.monotonic()
             served_new = len(outcomes)
-            while len(outcomes) < served_new + 50 and time.monotonic() < deadline:
+            while len(outcomes) < served_new + 50:
                 time.sleep(0.05)  # and still under load after the switch
     finally:
         stop.set()
@@ -69,13 +64,9 @@ def test_a_new_production_version_is_picked_up_within_30_s_with_no_failed_reques
     print(
         f"\n{len(outcomes)} requests, 0 failed; version {new.version} served"
         f" {seconds:.1f} s after the alias moved, by every process after"
-        f" {'-' if all_new_at is None else round(all_new_at - moved_at, 1)} s"
+        f" {all_new_at - moved_at:.1f} s"
     )
     assert seconds <= 30
-    # Each process polls and loads on its own; the second can switch seconds after the
-    # first (4 s later on a busy 2-core machine), which a /readyz check alone raced.
-    assert all_new_at is not None, "not every waitress process switched within 45 s"
-    assert web.get("/readyz").json()["model_version"] == new.version
 
 
 def test_without_a_production_model_pages_say_so_and_the_api_answers_503(services, tmp_path):
@@ -123,13 +114,7 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     from PIL import Image
 
     app = start_web(services, tmp_path / "drain", MLOPS_WEB_PROCESSES="2")
-    # Both processes ready (each loads the model on its own): 20 new connections in a row.
-    ready, deadline = 0, time.monotonic() + 120
-    while ready < 20:
-        assert time.monotonic() < deadline, "the two processes did not both get ready"
-        answer = requests.get(f"{app.url}/readyz", headers={"Connection": "close"}, timeout=30)
-        ready = ready + 1 if answer.status_code == 200 else 0
-        time.sleep(0 if ready else 0.5)
+    wait_ready(app, timeout=120)
     pixels = np.zeros((28, 28), np.uint8)
     pixels[4:24, 12:16] = 255  # a 1
     buffer = io.BytesIO()

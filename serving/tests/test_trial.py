@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -111,10 +110,7 @@ def test_confirmed_uploads_of_a_new_handwriting_raise_its_accuracy(
             assert outcome["uploads"] >= UPLOADS and outcome["promoted"], outcome["reason"]
             scores = {score["test_set"]: score for score in outcome["scores"]}
             assert scores["users"]["images"] >= 200, "the users' set counts for more"
-            deadline = time.monotonic() + 60
-            while wait_ready(web)["model_version"] != outcome["version"]:
-                assert time.monotonic() < deadline, "the web app did not follow the alias"
-                time.sleep(1)
+            wait_ready(web, model_version=outcome["version"])  # it follows the alias
             after, served_after = accuracy(web, evaluated)
         finally:
             client.set_registered_model_alias("mnist", "production", previous)
@@ -200,10 +196,7 @@ def test_a_bad_version_is_rolled_back_by_its_live_accuracy(
                 assert bad["promoted"] is False
                 client.set_model_version_tag("mnist", bad["version"], live.PREVIOUS_TAG, good)
                 client.set_registered_model_alias("mnist", "production", bad["version"])
-                deadline = time.monotonic() + 60
-                while wait_ready(web)["model_version"] != bad["version"]:
-                    assert time.monotonic() < deadline, "the web app did not follow the alias"
-                    time.sleep(1)
+                wait_ready(web, model_version=bad["version"])
 
                 half = predict_with_feedback(web, images[items : items + items // 2])
                 assert set(half) == {bad["version"]}
@@ -242,19 +235,8 @@ def test_a_bad_version_is_rolled_back_by_its_live_accuracy(
         "version": bad["version"],
     }
     # The web app serves the good version again, by itself.
-    deadline = time.monotonic() + 60
-    while wait_ready(web)["model_version"] != good:
-        assert time.monotonic() < deadline, "the web app did not follow the rollback"
-        time.sleep(1)
+    wait_ready(web, model_version=good)
     assert set(predict_with_feedback(web, images[2 * items :])) == {good}
-
-
-def wait_for(web, field: str, value, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while (ready := wait_ready(web))[field] != value:
-        assert time.monotonic() < deadline, f"readyz {field}: {ready[field]}, not {value}"
-        time.sleep(1)
-    return ready
 
 
 def metric(web, line_start: str) -> float:
@@ -294,7 +276,7 @@ def test_a_candidate_shadows_production_then_takes_the_alias(
         candidate = client.copy_model_version(f"models:/mnist/{good}", "mnist").version
         try:
             tracking.start_shadow(client, "mnist", candidate)
-            wait_for(web, "shadow_version", candidate)
+            wait_ready(web, shadow_version=candidate)
             agreed_before = metric(
                 web,
                 f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
@@ -326,10 +308,9 @@ def test_a_candidate_shadows_production_then_takes_the_alias(
             assert client.get_model_version_by_alias("mnist", "production").version == candidate
             assert client.get_model_version("mnist", candidate).tags[tracking.PREVIOUS_TAG] == good
             # The web app serves the candidate, and no longer shadows anything.
-            ready = wait_for(web, "model_version", candidate)
-            assert wait_for(web, "shadow_version", None) and ready["status"] == "ready"
+            wait_ready(web, model_version=candidate, shadow_version=None)
         finally:
             client.set_registered_model_alias("mnist", "production", good)
             if tracking.alias_version(client, "mnist", tracking.CANDIDATE) is not None:
                 client.delete_registered_model_alias("mnist", tracking.CANDIDATE)
-    wait_for(web, "model_version", good)
+    wait_ready(web, model_version=good)

@@ -133,14 +133,28 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
     raise RuntimeError(f"the web app did not start:\n{log.read_text()[-3000:]}")
 
 
-def wait_ready(web: WebApp, timeout: float = 60) -> dict:
+# /readyz answers in a row, each on a new connection, that stand for "every process": the
+# kernel hands each connection to any of the waitress processes sharing the socket.
+READY_STREAK = 20
+
+
+def wait_ready(web: WebApp, timeout: float = 60, **expected) -> dict:
+    """Until every waitress process is ready and says `expected` (model_version="3",
+    shadow_version=None, ...): each process loads its models on its own, seconds apart
+    on a busy machine. Returns the last answer."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    streak, body = 0, {}
+    while streak < READY_STREAK:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/readyz is not {expected or 'ready'} everywhere: {body}")
         answer = web.get("/readyz")
-        if answer.status_code == 200:
-            return answer.json()
-        time.sleep(0.5)
-    raise TimeoutError(f"/readyz never became ready: {web.get('/readyz').text}")
+        body = answer.json()
+        if answer.status_code == 200 and all(body.get(k) == v for k, v in expected.items()):
+            streak += 1
+        else:
+            streak = 0
+            time.sleep(0.5)
+    return body
 
 
 def bucket(services):

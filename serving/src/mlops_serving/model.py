@@ -242,6 +242,8 @@ class ModelHolder:
             self._thread.start()
 
     def _watch(self) -> None:
+        if self.optional:  # a starting process loads production first, MLflow asked once at a time
+            time.sleep(self.poll_seconds)
         while True:  # a daemon thread: it ends with the process
             try:
                 self.refresh()
