@@ -43,6 +43,24 @@ def test_accuracy_points_carry_the_count_behind_them():
     assert [p.find(f"{SVG}text").text for p in points] == ["20", "10", "4"]
 
 
+def test_the_legend_lists_the_drawn_versions_in_order_without_gaps():
+    today = date.today()
+    found = Quality(
+        days=30,
+        per_version_day=[
+            DayOfVersion("10", today, 5, 5, 5),
+            DayOfVersion("7", today, 9, 0, 0),  # nothing labelled: no point, no legend row
+            DayOfVersion("9", today, 5, 4, 2),
+        ],
+        confusion=[[0] * 10 for _ in range(10)],
+        backlog=0,
+    )
+    texts = parse(quality.build(found, {}).accuracy).findall(f".//{SVG}text")
+    legend = [(t.text, float(t.get("y"))) for t in texts if (t.text or "").startswith("version")]
+    assert [name for name, _ in legend] == ["version 9", "version 10"]
+    assert legend[1][1] - legend[0][1] == 16, "the next row, not a row further down"
+
+
 def test_versions_list_their_data_version_and_totals():
     page = quality.build(sample(), {"1": "data-v2"})
     assert page.versions == [("1", "data-v2", 50, 20, 15), ("2", "unknown", 35, 14, 13)]

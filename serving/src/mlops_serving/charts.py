@@ -70,8 +70,8 @@ def accuracy_chart(
         )
     body += _day_axis(days, x)
     index = {day: i for i, day in enumerate(days)}
-    drawn = False
-    for n, (version, by_day) in enumerate(sorted(series.items(), key=lambda item: item[0])):
+    drawn = 0  # versions drawn so far: each gets the next legend row
+    for version, by_day in sorted(series.items(), key=lambda item: (len(item[0]), item[0])):
         points = [
             (index[day], right / labelled, right, labelled)
             for day, (right, labelled) in sorted(by_day.items())
@@ -79,7 +79,6 @@ def accuracy_chart(
         ]
         if not points:
             continue
-        drawn = True
         stroke = colour(version)
         if len(points) > 1:
             path = " ".join(f"{x(i):.1f},{y(acc):.1f}" for i, acc, _, _ in points)
@@ -95,7 +94,8 @@ def accuracy_chart(
                 f'<text x="{x(i):.1f}" y="{y(acc) - 8:.1f}" text-anchor="middle"'
                 f' fill="{stroke}">{labelled}</text></g>'
             )
-        legend_y = TOP + 14 + 16 * n
+        legend_y = TOP + 14 + 16 * drawn
+        drawn += 1
         body.append(
             f'<rect x="{WIDTH - RIGHT + 12}" y="{legend_y - 9}" width="10" height="10"'
             f' fill="{stroke}"/><text x="{WIDTH - RIGHT + 28}" y="{legend_y}">'
