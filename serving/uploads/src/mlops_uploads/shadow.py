@@ -14,7 +14,6 @@ status page shows them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 import psycopg
 
@@ -23,8 +22,8 @@ from . import PERSON_LABEL_SQL
 SHADOW_SQL = f"""
 SELECT count(*), count(*) FILTER (WHERE shadow_predicted_label = predicted_label),
        count(label), count(*) FILTER (WHERE label = shadow_predicted_label),
-       count(*) FILTER (WHERE label = predicted_label), min(created_at)
-FROM (SELECT predicted_label, shadow_predicted_label, created_at, {PERSON_LABEL_SQL} AS label
+       count(*) FILTER (WHERE label = predicted_label)
+FROM (SELECT predicted_label, shadow_predicted_label, {PERSON_LABEL_SQL} AS label
       FROM uploads WHERE shadow_model_version = %s) AS shadowed
 """  # noqa: S608 (fixed text)
 
@@ -37,7 +36,6 @@ class ShadowScore:
     labelled: int  # of those, with a person's label
     candidate_right: int  # of the labelled, the candidate's digit was the label
     production_right: int  # of the labelled, production's digit was the label
-    since: datetime | None  # the first shadowed prediction
 
     @property
     def agreement(self) -> float:
