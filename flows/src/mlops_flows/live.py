@@ -42,6 +42,7 @@ from .tracking import (
     SHADOW_STARTED_TAG,
     alias_version,
     production_version,
+    tag_promotion,
 )
 
 LIVE_TAG = "live_check"
@@ -185,8 +186,7 @@ def judge_candidate(
         outcome, action = "rejected in shadow mode", "rejected"
     # After production moved: a web host never sees no candidate and an old production.
     client.delete_registered_model_alias(name, CANDIDATE)
-    client.set_model_version_tag(name, version, "promotion", outcome)
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    tag_promotion(client, name, version, outcome, reason)
     return Check(action, version, production, f"Version {version}: {reason}")
 
 

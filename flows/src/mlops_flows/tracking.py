@@ -327,20 +327,25 @@ def register_and_decide(
         client.set_registered_model_alias(name, PRODUCTION, new.version)
     decision = Decision(new.version, passed and not shadowing, before, scores, reason, shadowing)
     outcome = "shadowing" if shadowing else "promoted" if decision.promoted else "not promoted"
-    client.set_model_version_tag(name, new.version, "promotion", outcome)
-    client.set_model_version_tag(name, new.version, "promotion_reason", decision.reason)
+    tag_promotion(client, name, new.version, outcome, decision.reason)
     return decision
+
+
+def tag_promotion(client: MlflowClient, name: str, version: str, outcome: str, reason: str) -> None:
+    """What became of a version at the gate or in shadow mode, and why (its tags)."""
+    client.set_model_version_tag(name, version, "promotion", outcome)
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
 
 
 def start_shadow(client: MlflowClient, name: str, version: str) -> None:
     """Give `version` the candidate alias; a candidate it replaces is tagged superseded."""
     older = alias_version(client, name, CANDIDATE)
     if older is not None and str(older.version) != str(version):
-        client.set_model_version_tag(name, older.version, "promotion", "superseded")
-        client.set_model_version_tag(
+        tag_promotion(
+            client,
             name,
             older.version,
-            "promotion_reason",
+            "superseded",
             f"Version {version} passed the gate while this one was in shadow mode.",
         )
     client.set_model_version_tag(
