@@ -164,21 +164,13 @@ def drain_outbox(database_url: str, timeout: float = 600) -> tuple[int, float]:
     return backlog, time.perf_counter() - started
 
 
-def metric_sum(port: int, name: str) -> float:
-    """The sum of a counter's series on /metrics (over every waitress process)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
-
-
 def shadow_case(web, services, version: str, requests, seconds: float, poll_seconds: int) -> None:
     """8 clients without a candidate, with one shadowing production, and without again."""
     from mlflow import MlflowClient
     from mlops_flows import tracking
-    from webapp import environment
+    from webapp import environment, samples
+
+    counters = ("mlops_predictions_total", "mlops_shadow_predictions_total")
 
     port = int(web.url.rsplit(":", 1)[1])
     with environment(services.client_env("worker")):
@@ -199,13 +191,12 @@ def shadow_case(web, services, version: str, requests, seconds: float, poll_seco
         if case != "without shadow":
             time.sleep(poll_seconds + 5)  # every waitress process polls on its own
         drain_outbox(web.env["MLOPS_DATABASE_URL"])  # each case starts with the shipper idle
-        before = (
-            metric_sum(port, "mlops_predictions_total"),
-            metric_sum(port, "mlops_shadow_predictions_total"),
-        )
+        before = [sum(samples(web, name).values()) for name in counters]
         result = cases[case] = load(port, "/api/v1/predict", requests, 8, seconds)
-        predicted = metric_sum(port, "mlops_predictions_total") - before[0]
-        shadowed = metric_sum(port, "mlops_shadow_predictions_total") - before[1]
+        predicted, shadowed = (
+            sum(samples(web, name).values()) - was
+            for name, was in zip(counters, before, strict=True)
+        )
         print(f"{case:>16} | {columns(result, 7)} | {shadowed:.0f} of {predicted:.0f}")
     without = [cases["without shadow"], cases["without again"]]
     with_shadow = cases["with shadow"]

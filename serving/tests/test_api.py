@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from mlops_uploads import object_key
 from PIL import Image
-from webapp import bucket, outbox_empty
+from webapp import bucket, outbox_empty, samples
 
 
 def stored(web, services) -> tuple[int, int]:
@@ -324,18 +324,6 @@ def test_forms_need_a_csrf_token(web, test_images):
     answer = web.post(f"/feedback/{public_id}", data={"label": "3"})
     assert answer.status_code == 400
     assert "form expired" in answer.text
-
-
-def samples(web, name: str) -> dict[tuple, float]:
-    """A metric's samples from /metrics, by their labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    found = {}
-    for family in text_string_to_metric_families(web.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def test_live_accuracy_counts_feedback_and_reviews_per_version(web, test_images, production_model):

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from browser import chromium
 from PIL import Image, ImageFilter
-from webapp import OUTPUT, environment, start_web, wait_ready
+from webapp import OUTPUT, environment, samples, start_web, wait_ready
 
 UPLOADS = 500  # with half held out: 250 or so, enough for the users' set to count for more
 EVALUATED = 500
@@ -239,11 +239,6 @@ def test_a_bad_version_is_rolled_back_by_its_live_accuracy(
     assert set(predict_with_feedback(web, images[2 * items :])) == {good}
 
 
-def metric(web, line_start: str) -> float:
-    lines = [line for line in web.get("/metrics").text.splitlines() if line.startswith(line_start)]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-
-
 def test_a_candidate_shadows_production_then_takes_the_alias(
     web, services, production_model, tmp_path
 ):
@@ -277,10 +272,8 @@ def test_a_candidate_shadows_production_then_takes_the_alias(
         try:
             tracking.start_shadow(client, "mnist", candidate)
             wait_ready(web, shadow_version=candidate)
-            agreed_before = metric(
-                web,
-                f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
-            )
+            agree = (("agreement", "agree"), ("model_version", candidate))
+            agreed_before = samples(web, "mlops_shadow_predictions_total").get(agree, 0.0)
             half = predictions // 2
             assert set(predict_with_feedback(web, images[:half])) == {good}, "production answers"
             waiting = watch(items=50, margin=0.05)["shadow"]
@@ -288,10 +281,7 @@ def test_a_candidate_shadows_production_then_takes_the_alias(
             assert f"{half} predictions beside production (agreement 1.000)" in waiting["reason"]
 
             assert set(predict_with_feedback(web, images[half:])) == {good}
-            agreed = metric(
-                web,
-                f'mlops_shadow_predictions_total{{agreement="agree",model_version="{candidate}"',
-            )
+            agreed = samples(web, "mlops_shadow_predictions_total").get(agree, 0.0)
             assert agreed - agreed_before == predictions
             with chromium() as browser:  # what a person sees, in test-output/
                 page = browser.new_page(viewport={"width": 1100, "height": 900})

@@ -157,6 +157,18 @@ def wait_ready(web: WebApp, timeout: float = 60, **expected) -> dict:
     return body
 
 
+def samples(web: WebApp, name: str) -> dict[tuple, float]:
+    """A metric's samples from /metrics (summed over the waitress processes), by their labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(web.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
 def bucket(services):
     """The uploads bucket with the admin keys: the web app's own identity may only put."""
     admin = services.s3_admin()
