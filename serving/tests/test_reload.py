@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -148,9 +149,18 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
     for thread in threads:
         thread.start()
+    # A connection the app accepted whose request has not arrived by the stop.
+    host, port = app.url.removeprefix("http://").split(":")
+    quiet = socket.create_connection((host, int(port)), timeout=30)
     time.sleep(3)
     stop_at.append(time.monotonic())
     os.killpg(app.process.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    quiet.sendall(
+        f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    quiet_answer = quiet.makefile("rb").readline()
+    quiet.close()
     for thread in threads:
         thread.join(timeout=60)
     app.process.wait(timeout=30)
@@ -166,5 +176,6 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
         f" {len(answered_in_flight) == len(in_flight)}; failed: {failed[:5]}"
     )
     assert not failed
+    assert quiet_answer.startswith(b"HTTP/1.1 200"), quiet_answer
     assert in_flight and len(answered_in_flight) == len(in_flight)
     assert "drained" in app.log.read_text()

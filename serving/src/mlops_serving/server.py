@@ -117,11 +117,23 @@ def drain_on_sigterm(server, seconds: float) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
 
+    def waiting_for(channel) -> bool:
+        """A request is in the channel, being read, or being answered; or the channel is
+        new and its request has not arrived yet (closing it then reset the client: a
+        connection accepted from the backlog at the stop has sent nothing yet). An idle
+        keep-alive channel (it answered, nothing since) may close."""
+        return bool(
+            channel.requests
+            or channel.total_outbufs_len
+            or channel.request is not None
+            or channel.last_activity == channel.creation_time
+        )
+
     def busy() -> int:
         return sum(
             1
             for channel in list(socket_map.values())
-            if isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len)
+            if isinstance(channel, HTTPChannel) and waiting_for(channel)
         )
 
     accepting_stopped = threading.Event()
