@@ -156,9 +156,7 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     stop_at.append(time.monotonic())
     os.killpg(app.process.pid, signal.SIGTERM)
     time.sleep(0.5)
-    quiet.sendall(
-        f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    )
+    quiet.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     quiet_answer = quiet.makefile("rb").readline()
     quiet.close()
     for thread in threads:
