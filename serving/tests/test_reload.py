@@ -156,8 +156,9 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     stop_at.append(time.monotonic())
     os.killpg(app.process.pid, signal.SIGTERM)
     time.sleep(0.5)
-    quiet.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    quiet_answer = quiet.makefile("rb").readline()
+    # Keep-alive (HTTP/1.1's default): a draining app answers, then closes.
+    quiet.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    quiet_answer = quiet.makefile("rb").read()  # to the end: the app closed the connection
     quiet.close()
     for thread in threads:
         thread.join(timeout=60)
@@ -175,5 +176,6 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     )
     assert not failed
     assert quiet_answer.startswith(b"HTTP/1.1 200"), quiet_answer
+    assert b"\r\nConnection: close\r\n" in quiet_answer, quiet_answer
     assert in_flight and len(answered_in_flight) == len(in_flight)
     assert "drained" in app.log.read_text()

@@ -105,6 +105,20 @@ def drain_on_sigterm(server, seconds: float) -> None:
     from waitress import wasyncore
     from waitress.channel import HTTPChannel
     from waitress.server import BaseWSGIServer
+    from waitress.task import WSGITask
+
+    class ClosingTask(WSGITask):
+        """Answers as if the client had asked to close: while draining, no connection is
+        kept alive, so the edge's cached connections to this host end with their answer
+        and its next request goes to another host (a POST on a connection closed under
+        it is never retried: a 502)."""
+
+        def build_response_header(self):
+            self.request.headers["CONNECTION"] = "close"
+            return super().build_response_header()
+
+    class ClosingChannel(HTTPChannel):
+        task_class = ClosingTask
 
     # A MultiSocketServer (several listeners) keeps its map in .map, a single one in ._map.
     socket_map = getattr(server, "map", None)
@@ -142,7 +156,11 @@ def drain_on_sigterm(server, seconds: float) -> None:
     def stop_accepting() -> None:
         """In waitress's loop (a trigger thunk): closing a socket in the signal handler
         itself broke the select() it interrupted (EBADF)."""
+        for channel in list(socket_map.values()):
+            if isinstance(channel, HTTPChannel):
+                channel.task_class = ClosingTask
         for listener in listeners:
+            listener.channel_class = ClosingChannel
             # Take what already waits in the backlog (closing would reset it), then
             # stop accepting; the connections it made stay.
             for _ in range(1000):
