@@ -27,23 +27,20 @@ failed request.
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import json
 import shlex
-import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from statistics import quantiles
-from urllib.parse import urlsplit
 
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_benchmark import multipart  # beside this script
+from loadgen import Target, load, multipart  # beside this script
+
+PREDICT = "/api/v1/predict"
 
 
 def digit_images(count: int = 40) -> list[tuple[bytes, str]]:
@@ -57,80 +54,6 @@ def digit_images(count: int = 40) -> list[tuple[bytes, str]]:
         image.save(buffer, format="PNG")
         bodies.append(multipart(buffer.getvalue()))
     return bodies
-
-
-class Target:
-    """Where the clients connect: scheme, host, port, and the TLS context for HTTPS."""
-
-    def __init__(self, url: str, ca: str | None):
-        parts = urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
-        self.context = ssl.create_default_context(cafile=ca) if self.https else None
-
-    def connect(self) -> http.client.HTTPConnection:
-        if self.https:
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=30, context=self.context
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=30)
-
-
-def load(target: Target, bodies, clients: int, seconds: float, warm_up: float = 2.0) -> dict:
-    """`clients` threads posting predictions for `seconds` (after a warm-up)."""
-    latencies: list[float] = []
-    failures: dict[str, int] = {}
-    lock = threading.Lock()
-    stop_at = [0.0]
-
-    def client(offset: int) -> None:
-        conn, i, mine = target.connect(), offset, []
-        while time.perf_counter() < stop_at[0]:
-            body, content_type = bodies[i % len(bodies)]
-            i += clients
-            started = time.perf_counter()
-            try:
-                conn.request(
-                    "POST", "/api/v1/predict", body=body, headers={"Content-Type": content_type}
-                )
-                answer = conn.getresponse()
-                answer.read()
-                failure = None if answer.status == 200 else f"HTTP {answer.status}"
-            except (OSError, http.client.HTTPException) as error:
-                failure = type(error).__name__
-                conn.close()
-                conn = target.connect()
-            if failure is None:
-                mine.append(time.perf_counter() - started)
-            else:
-                with lock:
-                    failures[failure] = failures.get(failure, 0) + 1
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-
-    elapsed = 0.0
-    for phase_seconds in (warm_up, seconds):
-        latencies.clear()
-        failures.clear()
-        stop_at[0] = time.perf_counter() + phase_seconds
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-    cuts = quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    return {
-        "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(cuts[49] * 1000, 1),
-        "p99_ms": round(cuts[98] * 1000, 1),
-        "ok": len(latencies),
-        "failed": sum(failures.values()),
-        "failures": dict(failures),
-    }
 
 
 def failover(target: Target, bodies, phase: float, stop: str, start: str) -> dict:
@@ -147,7 +70,7 @@ def failover(target: Target, bodies, phase: float, stop: str, start: str) -> dic
                 kwargs={"check": True, "capture_output": True, "timeout": 120},
             )
             runner.start()
-        phases[name] = load(target, bodies, 8, phase, warm_up=0.0)
+        phases[name] = load(target, PREDICT, bodies, 8, phase, warm_up=0.0)
         if runner:
             runner.join()
     return phases
@@ -181,7 +104,7 @@ def main() -> int:
         if args.direct:
             cases.append((f"one web host direct, {clients} clients", Target(args.direct, None)))
         for name, target in cases:
-            result = load(target, bodies, clients, args.seconds)
+            result = load(target, PREDICT, bodies, clients, args.seconds)
             figures["throughput"][name] = result
             print(row(name, result), flush=True)
     failed = 0

@@ -30,21 +30,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from statistics import quantiles
 
+from loadgen import Target, keep_posting, multipart, percentile  # beside this script
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "serving" / "tests"))
-sys.path.insert(0, str(ROOT / "serving" / "benchmarks"))
 BIN = Path(sys.executable).parent
-
-
-def percentile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return quantiles(values, n=100)[q - 1]
 
 
 def pixel_bomb(side: int = 5000) -> bytes:
@@ -53,17 +46,12 @@ def pixel_bomb(side: int = 5000) -> bytes:
     return buffer.getvalue()
 
 
-def multipart(data: bytes) -> tuple[bytes, str]:
-    from predict_benchmark import multipart as build
-
-    return build(data)
-
-
 class Case:
     """One case's clients, attackers and probes, all stopped by one event."""
 
     def __init__(self, port: int, images: list[bytes], seconds: float):
         self.port = port
+        self.target = Target(f"http://127.0.0.1:{port}")
         self.images = [multipart(data) for data in images]
         self.seconds = seconds
         self.stop = threading.Event()
@@ -74,30 +62,22 @@ class Case:
         self.lock = threading.Lock()
 
     def normal_client(self, offset: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        i = offset
-        while not self.stop.is_set():
-            body, content_type = self.images[i % len(self.images)]
-            i += 4
-            started = time.perf_counter()
-            try:
-                conn.request(
-                    "POST", "/api/v1/predict", body=body, headers={"Content-Type": content_type}
-                )
-                answer = conn.getresponse()
-                answer.read()
-                status = answer.status
-            except (OSError, http.client.HTTPException) as error:
-                status = type(error).__name__
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            seconds = time.perf_counter() - started
-            with self.lock:
-                if status == 200:
-                    self.latencies.append(seconds)
-                else:
-                    self.failures[status] += 1
-        conn.close()
+        keep_posting(
+            self.target,
+            "/api/v1/predict",
+            self.images,
+            offset,
+            4,
+            lambda: not self.stop.is_set(),
+            self.on_answer,
+        )
+
+    def on_answer(self, seconds: float, failure: str | None) -> None:
+        with self.lock:
+            if failure is None:
+                self.latencies.append(seconds)
+            else:
+                self.failures[failure] += 1
 
     def bomb(self, payload: tuple[bytes, str]) -> None:
         while not self.stop.is_set():

@@ -42,34 +42,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
-from statistics import quantiles
 
 import numpy as np
 import psycopg
+from loadgen import Target, load, multipart  # beside this script
 from mlops_serving import outbox
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "serving" / "tests"))
+
 BIN = Path(sys.executable).parent
 
 
-def multipart(png: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+def local(port: int) -> Target:
+    return Target(f"http://127.0.0.1:{port}")
 
 
 def mlflow_json(png: bytes) -> bytes:
@@ -77,63 +67,10 @@ def mlflow_json(png: bytes) -> bytes:
     return json.dumps({"inputs": pixels[None, None].tolist()}).encode()
 
 
-def load(
-    port: int, path: str, requests: list[tuple[bytes, str]], clients: int, seconds: float
-) -> dict:
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop_at = [0.0]
-
-    def client(offset: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine, i = [], offset
-        while time.perf_counter() < stop_at[0]:
-            body, content_type = requests[i % len(requests)]
-            i += clients
-            started = time.perf_counter()
-            try:
-                conn.request("POST", path, body=body, headers={"Content-Type": content_type})
-                answer = conn.getresponse()
-                answer.read()
-                ok = answer.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            if ok:
-                mine.append(time.perf_counter() - started)
-            else:
-                with lock:
-                    errors[0] += 1
-        with lock:
-            latencies.extend(mine)
-
-    for phase_seconds in (2.0, seconds):  # warm-up, then measure
-        latencies.clear()
-        errors[0] = 0
-        stop_at[0] = time.perf_counter() + phase_seconds
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-    cuts = quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": cuts[49] * 1000,
-        "p99_ms": cuts[98] * 1000,
-        "requests": len(latencies),
-        "errors": errors[0],
-    }
-
-
 def columns(result: dict, width: int) -> str:
     return (
         f"{result['rps']:>{width}.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
-        f" {result['errors']:>4}"
+        f" {result['failed']:>4}"
     )
 
 
@@ -192,7 +129,7 @@ def shadow_case(web, services, version: str, requests, seconds: float, poll_seco
             time.sleep(poll_seconds + 5)  # every waitress process polls on its own
         drain_outbox(web.env["MLOPS_DATABASE_URL"])  # each case starts with the shipper idle
         before = [sum(samples(web, name).values()) for name in counters]
-        result = cases[case] = load(port, "/api/v1/predict", requests, 8, seconds)
+        result = cases[case] = load(local(port), "/api/v1/predict", requests, 8, seconds)
         predicted, shadowed = (
             sum(samples(web, name).values()) - was
             for name, was in zip(counters, before, strict=True)
@@ -318,9 +255,9 @@ def main() -> int:
         )
         results = {}
         for clients in [int(c) for c in args.clients.split(",")]:
-            a = load(web_port, "/api/v1/predict", ours, clients, args.seconds)
+            a = load(local(web_port), "/api/v1/predict", ours, clients, args.seconds)
             backlog, drain = drain_outbox(database_url)
-            b = load(mlflow_port, "/invocations", theirs, clients, args.seconds)
+            b = load(local(mlflow_port), "/invocations", theirs, clients, args.seconds)
             results[clients] = (a, b)
             print(
                 f"{clients:>7} | {columns(a, 9)} | {columns(b, 10)} | {a['rps'] / b['rps']:>9.2f}"
@@ -331,7 +268,7 @@ def main() -> int:
             met = a["rps"] >= 2 * b["rps"] and a["p99_ms"] <= 25
             print(f"target at 8 clients (>= 2x rps, p99 <= 25 ms): {'met' if met else 'NOT met'}")
         if args.sustained > 0:
-            a = load(web_port, "/api/v1/predict", ours, 8, args.sustained)
+            a = load(local(web_port), "/api/v1/predict", ours, 8, args.sustained)
             with psycopg.connect(database_url) as conn:
                 waiting, _, oldest = outbox.waiting(conn)
             backlog, drain = drain_outbox(database_url)
