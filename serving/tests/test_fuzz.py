@@ -15,10 +15,13 @@ import os
 from collections import Counter
 
 import numpy as np
+import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from test_api import stored
+from webapp import environment, wait_ready
 
 EXAMPLES = int(os.environ.get("MLOPS_FUZZ_EXAMPLES", "10000"))
 # Which formats can hold which modes (Pillow saves these without converting).
@@ -79,13 +82,15 @@ def images(draw) -> bytes:
     return data
 
 
-def test_generated_uploads_never_get_a_5xx_and_a_4xx_stores_nothing(web, services):
+def fuzz(web, services, examples: int) -> tuple[Counter, set[str]]:
+    """Send `examples` generated uploads; assert no 5xx, a JSON error with each 4xx, and a
+    row per accepted upload and an object per distinct accepted file, nothing more."""
     outcomes: Counter = Counter()
     accepted: set[str] = set()
     rows_before, objects_before = stored(web, services)
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -107,3 +112,43 @@ def test_generated_uploads_never_get_a_5xx_and_a_4xx_stores_nothing(web, service
     # A row per accepted upload, an object per distinct accepted file, nothing else.
     assert rows_after - rows_before == outcomes[200], "a refused upload left a row"
     assert objects_after - objects_before == len(accepted), "a refused upload left an object"
+    return outcomes, accepted
+
+
+def test_generated_uploads_never_get_a_5xx_and_a_4xx_stores_nothing(web, services):
+    fuzz(web, services, EXAMPLES)
+
+
+@pytest.fixture
+def shadowing(web, services, production_model):
+    """A candidate shadowing production: production's model under a new version number."""
+    from mlflow import MlflowClient
+    from mlops_flows import tracking
+
+    with environment(services.client_env("worker")):
+        client = MlflowClient()
+        source = f"models:/mnist/{production_model.version}"
+        candidate = client.copy_model_version(source, "mnist").version
+        tracking.start_shadow(client, "mnist", candidate)
+    try:
+        wait_ready(web, shadow_version=candidate)
+        yield candidate
+    finally:
+        with environment(services.client_env("worker")):
+            client.delete_registered_model_alias("mnist", tracking.CANDIDATE)
+        wait_ready(web, shadow_version=None)
+
+
+def test_generated_uploads_while_a_candidate_shadows(web, services, shadowing):
+    """The candidate runs on what production runs on, hostile files included: still no 5xx,
+    nothing stored for a 4xx, and each accepted upload carries the candidate's digit."""
+    with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
+        (newest,) = conn.execute("SELECT coalesce(max(id), 0) FROM uploads").fetchone()
+    outcomes, _ = fuzz(web, services, max(EXAMPLES // 10, 100))
+    with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
+        shadowed = conn.execute(
+            "SELECT count(*) FROM uploads WHERE id > %s AND shadow_model_version = %s"
+            " AND shadow_predicted_label BETWEEN 0 AND 9",
+            (newest, shadowing),
+        ).fetchone()[0]
+    assert shadowed == outcomes[200], f"{shadowed} of {outcomes[200]} accepted were shadowed"
