@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import signal
@@ -149,13 +150,25 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
     for thread in threads:
         thread.start()
-    # A connection the app accepted whose request has not arrived by the stop.
+    # A connection the app accepted whose request has not arrived by the stop, and an idle
+    # keep-alive one (it was answered before the stop).
     host, port = app.url.removeprefix("http://").split(":")
     quiet = socket.create_connection((host, int(port)), timeout=30)
+    idle = http.client.HTTPConnection(host, int(port), timeout=30)
+    idle.request("GET", "/healthz")
+    idle.getresponse().read()
     time.sleep(3)
     stop_at.append(time.monotonic())
     os.killpg(app.process.pid, signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(0.3)
+    # The app is still draining (the quiet connection holds it): the idle one is closed now.
+    idle.sock.settimeout(0.2)
+    try:
+        idle_after_stop = idle.sock.recv(1)
+    except TimeoutError:
+        idle_after_stop = "still open"
+    idle.close()
+    time.sleep(0.2)
     # Keep-alive (HTTP/1.1's default): a draining app answers, then closes.
     quiet.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     quiet_answer = quiet.makefile("rb").read()  # to the end: the app closed the connection
@@ -175,6 +188,7 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
         f" {len(answered_in_flight) == len(in_flight)}; failed: {failed[:5]}"
     )
     assert not failed
+    assert idle_after_stop == b"", "an idle keep-alive connection stayed open while draining"
     assert quiet_answer.startswith(b"HTTP/1.1 200"), quiet_answer
     assert b"\r\nConnection: close\r\n" in quiet_answer, quiet_answer
     assert in_flight and len(answered_in_flight) == len(in_flight)

@@ -159,6 +159,10 @@ def drain_on_sigterm(server, seconds: float) -> None:
         for channel in list(socket_map.values()):
             if isinstance(channel, HTTPChannel):
                 channel.task_class = ClosingTask
+                # An idle keep-alive connection closes now, while the edge still has the
+                # other hosts: closed at the exit, the edge's next POST on it was cut (502).
+                if not waiting_for(channel) and not select.select([channel.socket], [], [], 0)[0]:
+                    channel.handle_close()
         for listener in listeners:
             listener.channel_class = ClosingChannel
             # Take what already waits in the backlog (closing would reset it), then
