@@ -54,7 +54,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "serving" / "tests"))
-
 BIN = Path(sys.executable).parent
 
 
