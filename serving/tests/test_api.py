@@ -20,14 +20,17 @@ from PIL import Image
 from webapp import bucket, outbox_empty, samples
 
 
-def stored(web, services) -> tuple[int, int]:
-    """Rows in the uploads table and objects in the uploads bucket, once the outbox is empty."""
+def stored(web, services) -> tuple[int, frozenset[str]]:
+    """Rows in the uploads table and the sha256 of each object in the uploads bucket, once
+    the outbox is empty (keys are content addresses: `uploads/ab/<sha256>.<ext>`)."""
     outbox_empty(web.env)
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         rows = conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
-    objects = sum(
-        page.get("KeyCount", 0)
-        for page in bucket(services).get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
+    pages = bucket(services).get_paginator("list_objects_v2").paginate(Bucket="web-uploads")
+    objects = frozenset(
+        item["Key"].rsplit("/", 1)[-1].split(".", 1)[0]
+        for page in pages
+        for item in page.get("Contents", [])
     )
     return rows, objects
 
@@ -67,8 +70,10 @@ def test_predict_accepts_base64_json_and_only_the_uploader_gives_feedback(
     upload_id, token = prediction["upload_id"], prediction["feedback_token"]
     # One row (holding the 28x28 input the model saw) and, once shipped, one object: the
     # original, under its content address.
-    assert stored(web, services) == (before[0] + 1, before[1] + 1)
-    key = object_key(hashlib.sha256(data).hexdigest(), "png")
+    sha = hashlib.sha256(data).hexdigest()
+    assert stored(web, services) == (before[0] + 1, before[1] | {sha})
+    assert sha not in before[1]
+    key = object_key(sha, "png")
     assert bucket(services).get_object(Bucket="web-uploads", Key=key)["Body"].read() == data
     with psycopg.connect(web.env["MLOPS_DATABASE_URL"]) as conn:
         model_input = conn.execute(

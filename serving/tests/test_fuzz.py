@@ -109,9 +109,11 @@ def fuzz(web, services, examples: int) -> tuple[Counter, set[str]]:
     send()
     rows_after, objects_after = stored(web, services)
     print(f"\n{sum(outcomes.values())} generated uploads: {dict(sorted(outcomes.items()))}")
-    # A row per accepted upload, an object per distinct accepted file, nothing else.
+    # A row per accepted upload, an object per accepted file, nothing else. Generated files
+    # may repeat earlier ones (Hypothesis starts from the simplest): those are stored already.
     assert rows_after - rows_before == outcomes[200], "a refused upload left a row"
-    assert objects_after - objects_before == len(accepted), "a refused upload left an object"
+    assert objects_after - objects_before <= accepted, "a refused upload left an object"
+    assert accepted <= objects_after, "an accepted upload was never stored"
     return outcomes, accepted
 
 

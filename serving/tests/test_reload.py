@@ -139,6 +139,8 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
                     timeout=30,
                 )
                 result = str(answer.status_code)
+                if answer.status_code != 200:
+                    result += f" {answer.text[:200]}"
             except requests.ConnectionError as error:
                 result = "refused" if "refused" in str(error).lower() else f"broken: {error}"
             with lock:
@@ -176,7 +178,11 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
     for thread in threads:
         thread.join(timeout=60)
     app.process.wait(timeout=30)
-    failed = [result for _, _, result in outcomes if result not in ("200", "refused")]
+    failed = [
+        f"{result} ({started - stop_at[0]:+.2f}..{ended - stop_at[0]:+.2f} s from the stop)"
+        for started, ended, result in outcomes
+        if result not in ("200", "refused")
+    ]
     in_flight = [
         result
         for started, ended, result in outcomes
@@ -187,7 +193,8 @@ def test_a_stop_answers_every_request_in_flight(services, production_model, tmp_
         f"\n{len(outcomes)} requests; at the stop {len(in_flight)} in flight, all answered:"
         f" {len(answered_in_flight) == len(in_flight)}; failed: {failed[:5]}"
     )
-    assert not failed
+    complaints = [line for line in app.log.read_text().splitlines() if "WARNING" in line]
+    assert not failed, complaints[-10:]
     assert idle_after_stop == b"", "an idle keep-alive connection stayed open while draining"
     assert quiet_answer.startswith(b"HTTP/1.1 200"), quiet_answer
     assert b"\r\nConnection: close\r\n" in quiet_answer, quiet_answer
