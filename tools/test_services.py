@@ -410,6 +410,8 @@ class Services:
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = sqlite:///{home}/basic_auth.db\nadmin_username = admin\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # as the mlflow role sets it (mlflow_auth_cache_seconds)
+            "auth_cache_ttl_seconds = 60\n"
         )
         s3 = self.info["s3"]
         self.spawn(

@@ -4,8 +4,9 @@
 Runs on the server host with the MLflow venv's Python against the local
 server, as the admin (MLFLOW_TRACKING_USERNAME / _PASSWORD in the
 environment). The spec comes on stdin as JSON (passwords included, so the
-calling task has no_log); prints one JSON line {"changed": bool, "actions": [...]}
-with no secret in it.
+calling task has no_log); prints one JSON line {"changed": bool, "actions": [...],
+"forget_logins": bool (an account was deleted or its password reset)} with no
+secret in it.
 
 Spec: {"url": ..., "users": {name: password}  (service accounts and people alike),
        "experiments": [name], "registered_models": [name],
@@ -97,6 +98,9 @@ def main() -> int:
     url = spec["url"]
     api = MLflow(url)
     actions = []
+    # An account deleted or a password reset: the server's processes must forget the
+    # logins they trusted (the role restarts MLflow; see mlflow_auth_cache_seconds).
+    forget_logins = False
     people = spec.get("people", [])
 
     for username, password in sorted(spec["users"].items()):
@@ -115,6 +119,7 @@ def main() -> int:
                 json={"username": username, "password": password},
             )
             actions.append(f"reset the password of {username}")
+            forget_logins = True
 
     if spec.get("people_file"):
         people_file = Path(spec["people_file"])
@@ -123,6 +128,7 @@ def main() -> int:
             if api.call("DELETE", "/api/2.0/mlflow/users/delete", json={"username": gone}) is None:
                 continue  # already gone
             actions.append(f"deleted user {gone} (no longer in mlops_people)")
+            forget_logins = True
         people_file.write_text(json.dumps(sorted(person["name"] for person in people)))
 
     experiments = spec["experiments"] + [
@@ -184,7 +190,9 @@ def main() -> int:
             )
             actions.append(f"granted {permission} on {kind} {name} to {user}")
 
-    print(json.dumps({"changed": bool(actions), "actions": actions}))
+    print(
+        json.dumps({"changed": bool(actions), "actions": actions, "forget_logins": forget_logins})
+    )
     return 0
 
 
