@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Deployment timing (a benchmark, not a test) on the demo hosts.
 
-Removes the demo, starts fresh demo hosts, converges them one host group at a
-time (server, workers, web: each playbook's wall time), then runs the whole
-site.yml again and reports its time and the changes it made (a no-op re-run
-must change nothing). Prints a table.
+Removes the demo, starts fresh demo hosts, converges them one part of site.yml
+at a time (server, workers, web, edge, operations, people: each playbook's wall
+time), then runs the whole site.yml again and reports its time and the changes
+it made (a no-op re-run must change nothing). Prints a table.
 
     .venv/bin/python tools/deploy_timing.py            (about as long as `make up`)
 """
@@ -54,7 +54,15 @@ def main() -> int:
         [str(BIN / "ansible-playbook"), "playbooks/demo/hosts.yml", "-e", "demo_state=up"]
     )
     rows = [("start the demo hosts (containers)", hosts_seconds, "")]
-    for group, playbook in (("mlops_server", "server"), ("workers", "workers"), ("web", "web")):
+    # site.yml's parts in its order (playbooks/after_server.yml after the server).
+    for group, playbook in (
+        ("mlops_server", "server"),
+        ("workers", "workers"),
+        ("web", "web"),
+        ("edge", "edge"),
+        ("backup, monitoring", "operations"),
+        ("people's settings", "people"),
+    ):
         seconds, output = run(
             [
                 str(BIN / "ansible-playbook"),
