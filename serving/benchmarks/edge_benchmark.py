@@ -33,27 +33,24 @@ import shlex
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Target, load, multipart  # beside this script
+from PIL import Image, ImageDraw
 
 PREDICT = "/api/v1/predict"
 
 
-def digit_images(count: int = 40) -> list[tuple[bytes, str]]:
-    """Distinct hand-drawn-looking strokes as PNG uploads (multipart bodies)."""
-    bodies = []
+def digit_pngs(count: int = 40) -> list[bytes]:
+    """Distinct hand-drawn-looking strokes as PNG files."""
+    pngs = []
     for k in range(count):
         image = Image.new("L", (140, 140), 235)
         draw = ImageDraw.Draw(image)
         draw.line([(30 + k % 7, 25), (110, 30 + k % 11), (55 + k % 5, 120)], fill=15, width=12)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        bodies.append(multipart(buffer.getvalue()))
-    return bodies
+        pngs.append(buffer.getvalue())
+    return pngs
 
 
 def failover(target: Target, bodies, phase: float, stop: str, start: str) -> dict:
@@ -95,7 +92,7 @@ def main() -> int:
     parser.add_argument("--clients", default="8,32")
     args = parser.parse_args()
 
-    bodies = digit_images()
+    bodies = [multipart(png) for png in digit_pngs()]
     edge = Target(args.edge, args.ca)
     figures: dict = {"throughput": {}, "failover": {}}
     print(f"{'case':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")

@@ -1,0 +1,137 @@
+"""Benchmark (not a test): serving as deployed, the web host against `mlflow models serve`.
+
+Against the running demo (`make up`): the production model version as the web
+host serves it (its waitress processes, the role's settings), next to MLflow's
+own scoring server serving the same version on the worker host (started here
+with the worker's environment and venv, stopped at the end). The same client
+on this machine sends the same images to both, from 1, 8 and 32 concurrent
+clients (keep-alive connections, a warm-up first), one server after the other:
+requests per second, p50 and p99, and their ratio.
+
+Our endpoint takes the image file (a PNG), decodes and preprocesses it, and
+commits the upload (a row and the original in the outbox). MLflow's takes the
+tensor our preprocessing made from that PNG, as JSON, and stores nothing.
+
+    .venv-dev/bin/python serving/benchmarks/deployed_predict_benchmark.py \
+        [--web mlops-web] [--worker mlops-worker-cpu-1] [--seconds 10] [--clients 1,8,32]
+
+Target (issue 18): at 8 clients, at least 2.5x the requests per second of
+`mlflow models serve`, and p99 at most 25 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from edge_benchmark import digit_pngs  # beside this script
+from loadgen import Target, load, multipart
+from mlops_serving.preprocess import prepare
+
+MLFLOW_SERVE_PORT = 5002
+WORKER_ENV = "/etc/mlops-worker/worker.env"
+WORKER_VENV = "/opt/mlops-worker/venv"
+
+
+def address(container: str) -> str:
+    return subprocess.run(
+        [
+            *("docker", "inspect", "-f"),
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            container,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def wait_ready(target: Target, path: str, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = target.connect()
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            body = answer.read()
+            if answer.status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"nothing answered 200 at {target.host}:{target.port}{path}")
+
+
+def columns(result: dict) -> str:
+    return (
+        f"{result['rps']:>8.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
+        f" {result['failed']:>4}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--web", default="mlops-web", help="the web host's container")
+    parser.add_argument("--worker", default="mlops-worker-cpu-1", help="a CPU worker's container")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
+    parser.add_argument("--clients", default="1,8,32")
+    args = parser.parse_args()
+
+    web = Target(f"http://{address(args.web)}:8000")
+    ready = json.loads(wait_ready(web, "/readyz", 60))
+    version = str(ready["model_version"])
+    worker = Target(f"http://{address(args.worker)}:{MLFLOW_SERVE_PORT}")
+    serve = (
+        f"set -a; . {WORKER_ENV}; set +a; cd /tmp; exec {WORKER_VENV}/bin/mlflow models serve"
+        f" -m models:/mnist/{version} --env-manager local --host 0.0.0.0"
+        f" --port {MLFLOW_SERVE_PORT} >/tmp/mlflow-serve.log 2>&1"
+    )
+    subprocess.run(["docker", "exec", "-d", args.worker, "bash", "-c", serve], check=True)
+    try:
+        wait_ready(worker, "/ping", 300)
+        pngs = digit_pngs()
+        ours = [multipart(png) for png in pngs]
+        theirs = [
+            (
+                json.dumps({"inputs": prepare(png).model_input().tolist()}).encode(),
+                "application/json",
+            )
+            for png in pngs
+        ]
+        print(
+            f"model mnist version {version} (what {args.web} serves); {len(pngs)} images;"
+            f" {args.seconds:.0f} s per case; web host {web.host}:8000 (as deployed),"
+            f" mlflow models serve on {args.worker} ({worker.host}:{worker.port});"
+            f" this machine: {os.cpu_count()} cores"
+        )
+        print(
+            f"{'clients':>7} | {'web rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} |"
+            f" {'mlflow':>8} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'ratio':>5}"
+        )
+        results = {}
+        for clients in [int(c) for c in args.clients.split(",")]:
+            ours_result = load(web, "/api/v1/predict", ours, clients, args.seconds)
+            theirs_result = load(worker, "/invocations", theirs, clients, args.seconds)
+            results[clients] = (ours_result, theirs_result)
+            ratio = ours_result["rps"] / theirs_result["rps"] if theirs_result["rps"] else 0.0
+            print(
+                f"{clients:>7} | {columns(ours_result)} | {columns(theirs_result)} | {ratio:>5.2f}"
+            )
+        if 8 in results:
+            ours_result, theirs_result = results[8]
+            met = ours_result["rps"] >= 2.5 * theirs_result["rps"] and ours_result["p99_ms"] <= 25
+            print(f"target at 8 clients (>= 2.5x rps, p99 <= 25 ms): {'met' if met else 'NOT met'}")
+        print(json.dumps({str(c): {"web": a, "mlflow": b} for c, (a, b) in results.items()}))
+        return 0
+    finally:
+        subprocess.run(
+            ["docker", "exec", args.worker, "pkill", "-f", "mlflow models serve"], check=False
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
