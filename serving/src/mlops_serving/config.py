@@ -68,6 +68,10 @@ class Config:
     web_channel_timeout: int = 30
     # on SIGTERM: how long the requests in flight may take to finish before the process exits
     web_drain_seconds: float = 10.0
+    # on SIGTERM: how long idle keep-alive connections stay open for their client (the
+    # edge) to close them or use them once more; longer than the edge's upstream
+    # keepalive_timeout (edge_upstream_keepalive_timeout, 4 s), so that the edge closes them
+    web_keepalive_grace_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:

@@ -17,7 +17,10 @@ per host across the processes (service.DecodeGate).
 
 A stop (SIGTERM) drains: each process stops accepting, answers the requests it
 holds (up to `web_drain_seconds`), then exits; the edge sends new requests to
-the other web hosts meanwhile.
+the other web hosts meanwhile. Every answer while draining closes its
+connection; idle keep-alive connections stay open `web_keepalive_grace_seconds`
+for the edge to close them itself (closing one under it raced its next POST:
+a 502).
 """
 
 from __future__ import annotations
@@ -91,13 +94,15 @@ def serve_app(config: Config, decode_slots, **where) -> None:
     app = create_app(config, decode_slots=decode_slots)
     json_errors()
     server = create_server(app, threads=config.web_threads, **waitress_settings(config), **where)
-    drain_on_sigterm(server, config.web_drain_seconds)
+    drain_on_sigterm(server, config.web_drain_seconds, config.web_keepalive_grace_seconds)
     server.run()
 
 
-def drain_on_sigterm(server, seconds: float) -> None:
+def drain_on_sigterm(server, seconds: float, keepalive_grace: float) -> None:
     """On SIGTERM (a stop or restart), stop accepting connections, let the requests in
     flight finish and their answers go out (up to `seconds`), then end waitress's loop.
+    Idle keep-alive connections are kept `keepalive_grace` seconds (at most `seconds`),
+    for their client to close them or send one more request, answered and closed.
 
     Without it a stopping host answered nothing to the requests it held: the edge
     turned them into 502s, as it never re-sends a POST that reached an app.
@@ -131,16 +136,22 @@ def drain_on_sigterm(server, seconds: float) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
 
+    drain_started = [0.0]
+
     def waiting_for(channel) -> bool:
         """A request is in the channel, being read, or being answered; or the channel is
         new and its request has not arrived yet (closing it then reset the client: a
-        connection accepted from the backlog at the stop has sent nothing yet). An idle
-        keep-alive channel (it answered, nothing since) may close."""
+        connection accepted from the backlog at the stop has sent nothing yet); or it is
+        an idle keep-alive channel within the grace. Its client may be sending a request
+        on it at this moment: closed under the edge, its POST was cut (a 502, as nginx
+        never re-sends one). Within the grace the edge closes it (its upstream
+        keepalive_timeout is shorter) or uses it once more, and the answer closes it."""
         return bool(
             channel.requests
             or channel.total_outbufs_len
             or channel.request is not None
             or channel.last_activity == channel.creation_time
+            or time.monotonic() < drain_started[0] + keepalive_grace
         )
 
     def busy() -> int:
@@ -156,13 +167,10 @@ def drain_on_sigterm(server, seconds: float) -> None:
     def stop_accepting() -> None:
         """In waitress's loop (a trigger thunk): closing a socket in the signal handler
         itself broke the select() it interrupted (EBADF)."""
+        drain_started[0] = time.monotonic()
         for channel in list(socket_map.values()):
             if isinstance(channel, HTTPChannel):
                 channel.task_class = ClosingTask
-                # An idle keep-alive connection closes now, while the edge still has the
-                # other hosts: closed at the exit, the edge's next POST on it was cut (502).
-                if not waiting_for(channel) and not select.select([channel.socket], [], [], 0)[0]:
-                    channel.handle_close()
         for listener in listeners:
             listener.channel_class = ClosingChannel
             # Take what already waits in the backlog (closing would reset it), then
@@ -183,11 +191,11 @@ def drain_on_sigterm(server, seconds: float) -> None:
         os.read(wake_read, 1)
         listeners[0].trigger.pull_trigger(stop_accepting)
         accepting_stopped.wait()
-        log.info("SIGTERM: draining %d request(s) in flight", busy())
+        log.info("SIGTERM: draining %d connection(s)", busy())
         deadline = time.monotonic() + seconds
         while busy() and time.monotonic() < deadline:
             time.sleep(0.02)
-        log.info("drained (%d request(s) still open); stopping", busy())
+        log.info("drained (%d connection(s) still busy); stopping", busy())
         # waitress's loop ends on KeyboardInterrupt in the main thread.
         os.kill(os.getpid(), signal.SIGINT)
 
