@@ -1,0 +1,16 @@
+"""playbooks/people.yml (the last play of site.yml) with an inventory as users write one."""
+
+from test_inventory_validation import inventory, run_playbook
+
+
+def test_people_settings_land_beside_the_inventory(tmp_path):
+    """No mlops_credentials_dir set: the default, beside the inventory's folder. The play runs
+    on the implicit localhost, which has no inventory_dir of its own (make up failed there)."""
+    people = [{"name": "ann", "roles": ["scientist"]}, {"name": "rob", "roles": ["reviewer"]}]
+    result = run_playbook("playbooks/people.yml", inventory(mlops_people=people), tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    folder = tmp_path.parent / f"{tmp_path.name}.credentials" / "people"
+    assert sorted(path.name for path in folder.glob("*.env")) == ["ann.env", "rob.env"]
+    ann = (folder / "ann.env").read_text()
+    assert 'MLFLOW_TRACKING_USERNAME="ann"' in ann and "MLOPS_S3_ENDPOINT=" in ann
+    assert "MLOPS_S3_ENDPOINT=" not in (folder / "rob.env").read_text()
