@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,25 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from test_services import free_port, mlflow_auth_ini, wait_for  # beside this script
 
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(home: Path, cache_seconds: int, admin_password: str) -> tuple[subprocess.Popen, str]:
     home.mkdir()
-    ini = home / "basic_auth.ini"
-    ini.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{home}/basic_auth.db\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        f"auth_cache_ttl_seconds = {cache_seconds}\n"
-    )
+    ini = mlflow_auth_ini(home, cache_seconds)
     port = free_port()
     server = subprocess.Popen(
         [
@@ -65,16 +53,12 @@ def start(home: Path, cache_seconds: int, admin_password: str) -> tuple[subproce
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return server, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"MLflow did not answer at {url} within 180 s")
+    try:
+        wait_for(f"{url}/health", 180, what="MLflow")
+    except TimeoutError:
+        server.kill()
+        raise
+    return server, url
 
 
 def rate(url: str, auth: tuple[str, str], clients: int, requests_each: int) -> tuple[float, float]:

@@ -85,6 +85,19 @@ def token(length: int = 32) -> str:
     return secrets.token_urlsafe(length)[:length]
 
 
+def mlflow_auth_ini(home: Path, cache_seconds: int = 60) -> Path:
+    """MLflow's basic-auth configuration as the mlflow role writes it (admin `admin`,
+    READ by default, successful logins trusted `cache_seconds`: mlflow_auth_cache_seconds)."""
+    ini = home / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{home}/basic_auth.db\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n"
+    )
+    return ini
+
+
 def wait_for(url: str, timeout: float, headers: dict | None = None, what: str = "") -> float:
     """Poll url until it answers 200; return the seconds it took."""
     started = time.monotonic()
@@ -405,14 +418,7 @@ class Services:
         home = self.state / "mlflow"
         home.mkdir(exist_ok=True)
         admin_password = token()
-        ini = home / "basic_auth.ini"
-        ini.write_text(
-            "[mlflow]\ndefault_permission = READ\n"
-            f"database_uri = sqlite:///{home}/basic_auth.db\nadmin_username = admin\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # as the mlflow role sets it (mlflow_auth_cache_seconds)
-            "auth_cache_ttl_seconds = 60\n"
-        )
+        ini = mlflow_auth_ini(home)
         s3 = self.info["s3"]
         self.spawn(
             "mlflow",

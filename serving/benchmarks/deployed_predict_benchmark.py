@@ -26,10 +26,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from edge_benchmark import digit_pngs  # beside this script
-from loadgen import Target, load, multipart
+from loadgen import Target, columns, load, multipart, wait_ok
 from mlops_serving.preprocess import prepare
 
 MLFLOW_SERVE_PORT = 5002
@@ -50,29 +49,6 @@ def address(container: str) -> str:
     ).stdout.strip()
 
 
-def wait_ready(target: Target, path: str, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = target.connect()
-            conn.request("GET", path)
-            answer = conn.getresponse()
-            body = answer.read()
-            if answer.status == 200:
-                return body
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"nothing answered 200 at {target.host}:{target.port}{path}")
-
-
-def columns(result: dict) -> str:
-    return (
-        f"{result['rps']:>8.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
-        f" {result['failed']:>4}"
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--web", default="mlops-web", help="the web host's container")
@@ -82,7 +58,7 @@ def main() -> int:
     args = parser.parse_args()
 
     web = Target(f"http://{address(args.web)}:8000")
-    ready = json.loads(wait_ready(web, "/readyz", 60))
+    ready = json.loads(wait_ok(web, "/readyz", 60))
     version = str(ready["model_version"])
     worker = Target(f"http://{address(args.worker)}:{MLFLOW_SERVE_PORT}")
     serve = (
@@ -92,7 +68,7 @@ def main() -> int:
     )
     subprocess.run(["docker", "exec", "-d", args.worker, "bash", "-c", serve], check=True)
     try:
-        wait_ready(worker, "/ping", 300)
+        wait_ok(worker, "/ping", 300)
         pngs = digit_pngs()
         ours = [multipart(png) for png in pngs]
         theirs = [
@@ -118,9 +94,8 @@ def main() -> int:
             theirs_result = load(worker, "/invocations", theirs, clients, args.seconds)
             results[clients] = (ours_result, theirs_result)
             ratio = ours_result["rps"] / theirs_result["rps"] if theirs_result["rps"] else 0.0
-            print(
-                f"{clients:>7} | {columns(ours_result)} | {columns(theirs_result)} | {ratio:>5.2f}"
-            )
+            ours_columns, theirs_columns = columns(ours_result, 8), columns(theirs_result, 8)
+            print(f"{clients:>7} | {ours_columns} | {theirs_columns} | {ratio:>5.2f}")
         if 8 in results:
             ours_result, theirs_result = results[8]
             met = ours_result["rps"] >= 2.5 * theirs_result["rps"] and ours_result["p99_ms"] <= 25

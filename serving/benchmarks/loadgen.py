@@ -57,6 +57,31 @@ class Target:
         return http.client.HTTPConnection(self.host, self.port, timeout=30)
 
 
+def wait_ok(target: Target, path: str, timeout: float) -> bytes:
+    """GET path until it answers 200 (a server starting); its body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = target.connect()
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            body = answer.read()
+            if answer.status == 200:
+                return body
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing answered 200 at {target.host}:{target.port}{path}")
+
+
+def columns(result: dict, width: int) -> str:
+    """A `load` result as table columns: requests/s (`width` wide), p50, p99, failures."""
+    return (
+        f"{result['rps']:>{width}.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
+        f" {result['failed']:>4}"
+    )
+
+
 def keep_posting(
     target: Target,
     path: str,

@@ -34,7 +34,6 @@ Target on 2 cores: at 8 clients, at least 2x the requests per second of
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import json
 import os
@@ -47,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from loadgen import Target, load, multipart  # beside this script
+from loadgen import Target, columns, load, multipart, wait_ok  # beside this script
 from mlops_serving import outbox
 from PIL import Image
 
@@ -64,27 +63,6 @@ def local(port: int) -> Target:
 def mlflow_json(png: bytes) -> bytes:
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
     return json.dumps({"inputs": pixels[None, None].tolist()}).encode()
-
-
-def columns(result: dict, width: int) -> str:
-    return (
-        f"{result['rps']:>{width}.1f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
-        f" {result['failed']:>4}"
-    )
-
-
-def wait_http(port: int, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing answered 200 on port {port}{path}")
 
 
 def drain_outbox(database_url: str, timeout: float = 600) -> tuple[int, float]:
@@ -236,7 +214,7 @@ def main() -> int:
             start_new_session=True,
         )
         processes.append(serve)
-        wait_http(mlflow_port, "/ping", 180)
+        wait_ok(local(mlflow_port), "/ping", 180)
 
         ours = [multipart(png) for png in pngs]
         theirs = [(mlflow_json(png), "application/json") for png in pngs]
