@@ -14,3 +14,6 @@ def test_people_settings_land_beside_the_inventory(tmp_path):
     ann = (folder / "ann.env").read_text()
     assert 'MLFLOW_TRACKING_USERNAME="ann"' in ann and "MLOPS_S3_ENDPOINT=" in ann
     assert "MLOPS_S3_ENDPOINT=" not in (folder / "rob.env").read_text()
+    # The services speak TLS between hosts: the settings name https URLs and the CA.
+    assert 'MLFLOW_TRACKING_URI="https://' in ann
+    assert f'AWS_CA_BUNDLE="{tmp_path.parent / f"{tmp_path.name}.credentials"}/ca/ca.crt"' in ann
