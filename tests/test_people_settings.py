@@ -17,3 +17,6 @@ def test_people_settings_land_beside_the_inventory(tmp_path):
     # The services speak TLS between hosts: the settings name https URLs and the CA.
     assert 'MLFLOW_TRACKING_URI="https://' in ann
     assert f'AWS_CA_BUNDLE="{tmp_path.parent / f"{tmp_path.name}.credentials"}/ca/ca.crt"' in ann
+    # A laptop reaches MLflow only through its URL: artifacts stream through it, not from
+    # presigned URLs at the object store's address behind the edge.
+    assert 'MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD="false"' in ann

@@ -1,6 +1,9 @@
 """Slow clients against the edge, and an ordinary client beside them.
 
-    python slow_clients.py HOST CA_FILE CLIENT_TIMEOUT PER_ADDRESS
+    python slow_clients.py HOST CA_FILE CLIENT_TIMEOUT PER_ADDRESS [PORT]
+
+PORT: the entry point's 443 by default; the server's TLS front (5000, 4200,
+9000) shares its bounds.
 
 1. Slow clients over TLS: half send a request's headers a byte a second (the
    edge's header timeout counts the whole header), half send a body a byte
@@ -26,17 +29,17 @@ HEADERS = b"GET /hello HTTP/1.1\r\nHost: edge\r\nX-Slow: "
 BODY = b"POST /api/v1/predict HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n"
 
 
-def connect(host: str, context: ssl.SSLContext) -> ssl.SSLSocket:
-    raw = socket.create_connection((host, 443), timeout=10)
-    return context.wrap_socket(raw, server_hostname=host)
+def connect(address: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(address, timeout=10)
+    return context.wrap_socket(raw, server_hostname=address[0])
 
 
-def slow_client(host, context, start: bytes, interval: float, results: list) -> None:
+def slow_client(address, context, start: bytes, interval: float, results: list) -> None:
     """Send start, then a byte every interval, until the edge answers or closes."""
     began = time.monotonic()
     answer = b""
     try:
-        conn = connect(host, context)
+        conn = connect(address, context)
         conn.sendall(start)
         conn.settimeout(interval)
         while time.monotonic() - began < 60:
@@ -54,11 +57,11 @@ def slow_client(host, context, start: bytes, interval: float, results: list) -> 
     results.append((status, round(time.monotonic() - began, 1)))
 
 
-def ordinary_client(host, context, stop: threading.Event, seen: list) -> None:
+def ordinary_client(address, context, stop: threading.Event, seen: list) -> None:
     while not stop.is_set():
         began = time.monotonic()
         try:
-            conn = connect(host, context)
+            conn = connect(address, context)
             conn.sendall(b"GET /hello HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
             answer = b""
             while chunk := conn.recv(65536):
@@ -78,16 +81,16 @@ def run_all(targets) -> None:
         thread.join()
 
 
-def main(host: str, ca_file: str, client_timeout: int, per_address: int) -> int:
+def main(address: tuple[str, int], ca_file: str, client_timeout: int, per_address: int) -> int:
     context = ssl.create_default_context(cafile=ca_file)
     context.check_hostname = False  # the certificate names the address; no SNI needed
 
     slow, seen, stop = [], [], threading.Event()
-    ordinary = threading.Thread(target=ordinary_client, args=(host, context, stop, seen))
+    ordinary = threading.Thread(target=ordinary_client, args=(address, context, stop, seen))
     ordinary.start()
     run_all(
-        [(slow_client, (host, context, HEADERS, 1.0, slow)) for _ in range(5)]
-        + [(slow_client, (host, context, BODY, client_timeout + 1.0, slow)) for _ in range(5)]
+        [(slow_client, (address, context, HEADERS, 1.0, slow)) for _ in range(5)]
+        + [(slow_client, (address, context, BODY, client_timeout + 1.0, slow)) for _ in range(5)]
     )
     stop.set()
     ordinary.join()
@@ -96,7 +99,7 @@ def main(host: str, ca_file: str, client_timeout: int, per_address: int) -> int:
     crowd: list = []
     run_all(
         [
-            (slow_client, (host, context, BODY, client_timeout + 1.0, crowd))
+            (slow_client, (address, context, BODY, client_timeout + 1.0, crowd))
             for _ in range(per_address + 5)
         ]
     )
@@ -121,4 +124,5 @@ def main(host: str, ca_file: str, client_timeout: int, per_address: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    port = int(sys.argv[5]) if len(sys.argv) > 5 else 443
+    sys.exit(main((sys.argv[1], port), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
