@@ -13,7 +13,11 @@ commits the upload (a row and the original in the outbox). MLflow's takes the
 tensor our preprocessing made from that PNG, as JSON, and stores nothing.
 
     .venv-dev/bin/python serving/benchmarks/deployed_predict_benchmark.py \
-        [--web mlops-web] [--worker mlops-worker-cpu-1] [--seconds 10] [--clients 1,8,32]
+        [--web mlops-web] [--worker mlops-worker-cpu-1] [--seconds 10] [--clients 1,8,32] \
+        [--ca inventories/demo.credentials/ca/ca.crt]
+
+The web host is asked through its TLS front (HTTPS with the platform's CA; the
+demo lets this machine in), as the edge asks it.
 
 Target (issue 18): at 8 clients, at least 2.5x the requests per second of
 `mlflow models serve`, and p99 at most 25 ms.
@@ -55,9 +59,15 @@ def main() -> int:
     parser.add_argument("--worker", default="mlops-worker-cpu-1", help="a CPU worker's container")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument(
+        "--ca",
+        default="inventories/demo.credentials/ca/ca.crt",
+        help="the platform's CA (the web host's TLS front); empty: plain HTTP, without a front",
+    )
     args = parser.parse_args()
 
-    web = Target(f"http://{address(args.web)}:8000")
+    web_scheme = "https" if args.ca else "http"
+    web = Target(f"{web_scheme}://{address(args.web)}:8000", args.ca or None)
     ready = json.loads(wait_ok(web, "/readyz", 60))
     version = str(ready["model_version"])
     worker = Target(f"http://{address(args.worker)}:{MLFLOW_SERVE_PORT}")

@@ -12,7 +12,7 @@ Against a deployed platform with an edge (molecule/cluster, or your own):
    it again 2 s into the phase: failed requests and p99 per phase.
 
     .venv-dev/bin/python serving/benchmarks/edge_benchmark.py \
-        --edge https://EDGE --ca CA.crt [--direct http://WEB1:8000] \
+        --edge https://EDGE --ca CA.crt [--direct https://WEB1:8000] \
         [--stop 'docker exec cl-web-2 systemctl stop mlops-web.service'] \
         [--start 'docker exec cl-web-2 systemctl start mlops-web.service'] \
         [--seconds 10] [--phase 15] [--clients 8,32]
@@ -84,7 +84,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--edge", required=True, help="the edge's web URL (https://...)")
     parser.add_argument("--ca", help="the CA file the edge's certificate is checked against")
-    parser.add_argument("--direct", help="one web host's own URL (http://host:8000)")
+    parser.add_argument("--direct", help="one web host's own URL (its TLS front, same CA)")
     parser.add_argument("--stop", help="command that stops one web host's app")
     parser.add_argument("--start", help="command that starts it again")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -99,7 +99,7 @@ def main() -> int:
     for clients in (int(n) for n in args.clients.split(",") if n):
         cases = [(f"edge, all web hosts, {clients} clients", edge)]
         if args.direct:
-            cases.append((f"one web host direct, {clients} clients", Target(args.direct, None)))
+            cases.append((f"one web host direct, {clients} clients", Target(args.direct, args.ca)))
         for name, target in cases:
             result = load(target, PREDICT, bodies, clients, args.seconds)
             figures["throughput"][name] = result
