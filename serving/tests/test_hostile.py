@@ -233,6 +233,45 @@ def test_the_web_app_starts_and_serves_while_mlflow_is_down(
     assert seconds < 10
 
 
+def test_systemd_hears_the_app_is_ready_only_once_its_port_takes_connections(
+    services, tmp_path, monkeypatch
+):
+    """Type=notify: READY=1 once the listener is open, so that the TLS front, started after
+    the app, never takes a connection the app's port would refuse (a 502 at the edge)."""
+    import socket
+
+    import webapp
+
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    port = free_port()
+    monkeypatch.setattr(webapp, "free_port", lambda: port)
+    heard: list = []
+
+    def listen_for_ready() -> None:
+        notify.settimeout(120)
+        message = notify.recv(256)
+        # At that moment the port must take a connection.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            heard.append((message, "port open"))
+        except OSError as error:
+            heard.append((message, f"port refused: {error}"))
+
+    listener = threading.Thread(target=listen_for_ready)
+    listener.start()
+    web = start_web(
+        services, tmp_path / "web", NOTIFY_SOCKET=str(notify_path), MLOPS_WEB_PROCESSES="2"
+    )
+    try:
+        listener.join(timeout=120)
+    finally:
+        web.stop()
+        notify.close()
+    assert heard == [(b"READY=1", "port open")]
+
+
 def pixel_bomb(side: int = 5000) -> bytes:
     """A small PNG that decodes to side x side pixels: cheap to send, costly to decode."""
     buffer = io.BytesIO()

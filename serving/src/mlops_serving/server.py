@@ -86,6 +86,22 @@ def json_errors() -> None:
     Error.to_response = to_response
 
 
+def notify_systemd(state: str) -> None:
+    """Tell systemd (a Type=notify unit) `state`, e.g. READY=1 once the port listens: the
+    units ordered after the app (its TLS front) start only then. Outside systemd, nothing.
+
+    Started before the app listened, the front took connections it could only close (the
+    app's port refused them): the edge had sent their requests and answered POSTs 502."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
 def serve_app(config: Config, decode_slots, **where) -> None:
     from waitress.server import create_server
 
@@ -95,6 +111,8 @@ def serve_app(config: Config, decode_slots, **where) -> None:
     json_errors()
     server = create_server(app, threads=config.web_threads, **waitress_settings(config), **where)
     drain_on_sigterm(server, config.web_drain_seconds, config.web_keepalive_grace_seconds)
+    if "sockets" not in where:  # one process: its own listener is open now
+        notify_systemd("READY=1")
     server.run()
 
 
@@ -220,6 +238,8 @@ def serve_processes(config: Config) -> int:
     from . import app  # noqa: F401
 
     listener = socket.create_server((config.web_host, config.web_port), backlog=2048)
+    # Connections wait in the backlog until the processes accept them.
+    notify_systemd("READY=1")
     children: set[int] = set()
     for _ in range(config.web_processes):
         pid = os.fork()
