@@ -97,9 +97,12 @@ def notify_systemd(state: str) -> None:
         return
     if address.startswith("@"):  # an abstract socket
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as error:  # a socket not meant for us: serve anyway
+        log.warning("could not tell systemd %s at %s: %s", state, address, error)
 
 
 def serve_app(config: Config, decode_slots, **where) -> None:
