@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -233,20 +234,13 @@ def test_the_web_app_starts_and_serves_while_mlflow_is_down(
     assert seconds < 10
 
 
-def test_systemd_hears_the_app_is_ready_only_once_its_port_takes_connections(
-    services, tmp_path, monkeypatch
-):
+def test_systemd_hears_the_app_is_ready_only_once_its_port_takes_connections(services, tmp_path):
     """Type=notify: READY=1 once the listener is open, so that the TLS front, started after
     the app, never takes a connection the app's port would refuse (a 502 at the edge)."""
-    import socket
-
-    import webapp
-
     notify_path = tmp_path / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     port = free_port()
-    monkeypatch.setattr(webapp, "free_port", lambda: port)
     heard: list = []
 
     def listen_for_ready() -> None:
@@ -262,7 +256,11 @@ def test_systemd_hears_the_app_is_ready_only_once_its_port_takes_connections(
     listener = threading.Thread(target=listen_for_ready)
     listener.start()
     web = start_web(
-        services, tmp_path / "web", NOTIFY_SOCKET=str(notify_path), MLOPS_WEB_PROCESSES="2"
+        services,
+        tmp_path / "web",
+        port=port,
+        NOTIFY_SOCKET=str(notify_path),
+        MLOPS_WEB_PROCESSES="2",
     )
     try:
         listener.join(timeout=120)

@@ -89,10 +89,12 @@ def web_env(services, tmp_path: Path, **overrides) -> tuple[dict, tuple[str, str
     return env, reviewer
 
 
-def start_web(services, tmp_path: Path, threads: int = 4, **overrides) -> WebApp:
+def start_web(
+    services, tmp_path: Path, threads: int = 4, port: int | None = None, **overrides
+) -> WebApp:
     tmp_path.mkdir(parents=True, exist_ok=True)
     env, reviewer = web_env(services, tmp_path, **overrides)
-    port = free_port()
+    port = port or free_port()
     log = tmp_path / "waitress.log"
     process = subprocess.Popen(
         [
