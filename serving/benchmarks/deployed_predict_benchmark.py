@@ -6,7 +6,10 @@ own scoring server serving the same version on the worker host (started here
 with the worker's environment and venv, stopped at the end). The same client
 on this machine sends the same images to both, from 1, 8 and 32 concurrent
 clients (keep-alive connections, a warm-up first), one server after the other:
-requests per second, p50 and p99, and their ratio.
+requests per second, p50 and p99, and their ratio; then the CPU time each
+request cost, by process (the web host's and the server host's for ours, the
+worker's for MLflow's, and this client): they share the machine's cores, so
+that is where the time goes.
 
 Our endpoint takes the image file (a PNG), decodes and preprocesses it, and
 commits the upload (a row and the original in the outbox). MLflow's takes the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -53,10 +57,70 @@ def address(container: str) -> str:
     ).stdout.strip()
 
 
+# Per process in a container: CPU ticks (utime + stime, /proc/PID/stat fields 14
+# and 15, after the command name) and the command line.
+PROCESS_TICKS = r"""for p in /proc/[0-9]*; do
+  s=$(cat $p/stat 2>/dev/null) && c=$(tr '\0' ' ' <$p/cmdline 2>/dev/null) || continue
+  set -- ${s##*) }; echo "$(( ${12} + ${13} )) $c"
+done"""
+# What each command line is, for the table; the rest is "other".
+PROCESS_KINDS = {
+    "the web app": ("mlops-serving", "mlops_serving"),
+    "its TLS front (nginx)": ("nginx",),
+    "PostgreSQL": ("postgres",),
+    "the object store": ("weed", "minio"),
+    "mlflow models serve": ("mlflow models serve", "uvicorn", "gunicorn"),
+}
+
+
+def cpu_by_kind(containers: list[str]) -> dict[str, float]:
+    """CPU seconds so far per kind of process, over the containers."""
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for container in containers:
+        listing = subprocess.run(
+            ["docker", "exec", container, "bash", "-c", PROCESS_TICKS],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in listing.splitlines():
+            ticks, _, command = line.partition(" ")
+            if not ticks.isdigit():  # a command line's own newline
+                continue
+            kind = next(
+                (k for k, marks in PROCESS_KINDS.items() if any(m in command for m in marks)),
+                "other",
+            )
+            seconds[kind] = seconds.get(kind, 0.0) + int(ticks) / ticks_per_second
+    return seconds
+
+
+def measured(target, path, bodies, clients, seconds, containers) -> dict:
+    """load(), with the CPU milliseconds per answered request each kind of process in
+    the containers spent, and this client: on one machine they share its cores."""
+    before, client = cpu_by_kind(containers), client_cpu_seconds()
+    result = load(target, path, bodies, clients, seconds)
+    after, answered = cpu_by_kind(containers), max(result["ok"], 1)
+    result["cpu_ms"] = {
+        kind: round(1000 * (after[kind] - before.get(kind, 0.0)) / answered, 2)
+        for kind in after
+        if after[kind] - before.get(kind, 0.0) > 0
+    }
+    result["cpu_ms"]["this client"] = round(1000 * (client_cpu_seconds() - client) / answered, 2)
+    return result
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--web", default="mlops-web", help="the web host's container")
     parser.add_argument("--worker", default="mlops-worker-cpu-1", help="a CPU worker's container")
+    parser.add_argument("--server", default="mlops-server", help="the server host's container")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument(
@@ -100,12 +164,22 @@ def main() -> int:
         )
         results = {}
         for clients in [int(c) for c in args.clients.split(",")]:
-            ours_result = load(web, "/api/v1/predict", ours, clients, args.seconds)
-            theirs_result = load(worker, "/invocations", theirs, clients, args.seconds)
+            ours_result = measured(
+                web, "/api/v1/predict", ours, clients, args.seconds, [args.web, args.server]
+            )
+            theirs_result = measured(
+                worker, "/invocations", theirs, clients, args.seconds, [args.worker]
+            )
             results[clients] = (ours_result, theirs_result)
             ratio = ours_result["rps"] / theirs_result["rps"] if theirs_result["rps"] else 0.0
             ours_columns, theirs_columns = columns(ours_result, 8), columns(theirs_result, 8)
             print(f"{clients:>7} | {ours_columns} | {theirs_columns} | {ratio:>5.2f}")
+        print("CPU milliseconds per answered request, by process (0.05 ms and more):")
+        for clients, (ours_result, theirs_result) in results.items():
+            for name, result in (("web", ours_result), ("mlflow", theirs_result)):
+                spent = sorted(result["cpu_ms"].items(), key=lambda item: -item[1])
+                shown = ", ".join(f"{kind} {ms:.2f}" for kind, ms in spent if ms >= 0.05)
+                print(f"{clients:>7} | {name:<6} | {shown}")
         if 8 in results:
             ours_result, theirs_result = results[8]
             met = ours_result["rps"] >= 2.5 * theirs_result["rps"] and ours_result["p99_ms"] <= 25
