@@ -371,3 +371,37 @@ def test_live_accuracy_counts_feedback_and_reviews_per_version(web, test_images,
     row = re.search(rf"<tr><td>{version}</td><td>([^<]+)</td>", page)
     assert row and row.group(1) == production_model.tags["data_version"]
     assert int(re.search(r'id="backlog">(\d+)<', page).group(1)) == backlog_before + 2
+
+
+def drop_app_connections(web) -> int:
+    """What a database restart or failover does to the app: every connection of its
+    role is closed by the server. Returns how many were."""
+    with psycopg.connect(web.env["MLOPS_DATABASE_URL"], autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE usename = current_user AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def test_connections_the_database_dropped_are_replaced(web, test_images):
+    """A pooled connection idle for over a second is checked before a request takes it;
+    one in steady use is not, and a request on it answers 503 once, then it is replaced."""
+    png = test_images[0][0]
+
+    def statuses(count: int) -> list[int]:
+        return [
+            web.post("/api/v1/predict", files={"file": ("d.png", png)}).status_code
+            for _ in range(count)
+        ]
+
+    assert set(statuses(10)) == {200}
+    assert drop_app_connections(web) > 0
+    time.sleep(1.5)
+    assert statuses(20) == [200] * 20, "idle connections the database dropped were used"
+
+    assert set(statuses(10)) == {200}
+    dropped = drop_app_connections(web)
+    after = statuses(40)
+    assert set(after) <= {200, 503}, after
+    assert after.count(503) <= dropped, (after, dropped)
+    assert after[-10:] == [200] * 10, after
