@@ -28,7 +28,13 @@ def run(argv: list[str]) -> tuple[float, str]:
     result = subprocess.run(
         argv,
         cwd=ROOT,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "false", "PATH": f"{BIN}:{os.environ['PATH']}"},
+        env={
+            # As make up runs them (playbooks/demo/run).
+            "ANSIBLE_STRATEGY": "mitogen_linear",
+            **os.environ,
+            "ANSIBLE_FORCE_COLOR": "false",
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+        },
         capture_output=True,
         text=True,
         check=False,
