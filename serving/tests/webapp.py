@@ -143,20 +143,42 @@ READY_STREAK = 20
 def wait_ready(web: WebApp, timeout: float = 60, **expected) -> dict:
     """Until every waitress process is ready and says `expected` (model_version="3",
     shadow_version=None, ...): each process loads its models on its own, seconds apart
-    on a busy machine. Returns the last answer."""
+    on a busy machine. Returns the last answer.
+
+    A process busy loading seldom accepts, so a streak alone can miss it; the
+    `mlops_model_version` gauge (summed over the processes) counts those serving."""
     deadline = time.monotonic() + timeout
-    streak, body = 0, {}
-    while streak < READY_STREAK:
+    processes = int(web.env.get("MLOPS_WEB_PROCESSES", "1"))
+    streak, body, serving = 0, {}, 0
+    while streak < READY_STREAK or serving < processes:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"/readyz is not {expected or 'ready'} everywhere: {body}")
+            raise TimeoutError(
+                f"/readyz is not {expected or 'ready'} everywhere: {body}"
+                f" ({serving} of {processes} processes serve its model)"
+            )
         answer = web.get("/readyz")
         body = answer.json()
         if answer.status_code == 200 and all(body.get(k) == v for k, v in expected.items()):
             streak += 1
+            if streak >= READY_STREAK:
+                serving = processes_serving(web, body["model_version"])
+                if serving < processes:
+                    streak = 0
+                    time.sleep(0.5)
         else:
             streak = 0
             time.sleep(0.5)
     return body
+
+
+def processes_serving(web: WebApp, version: str) -> int:
+    return int(
+        sum(
+            value
+            for labels, value in samples(web, "mlops_model_version").items()
+            if dict(labels)["version"] == version
+        )
+    )
 
 
 def samples(web: WebApp, name: str) -> dict[tuple, float]:

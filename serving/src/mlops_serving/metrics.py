@@ -96,9 +96,10 @@ class Metrics:
         )
         self.model_version = Gauge(
             "mlops_model_version",
-            "The model version serving (1 for the loaded one)",
+            "The web processes serving this model version (0 once it was replaced)",
             ["name", "version", "data_version"],
-            multiprocess_mode="livemax",
+            # Summed over the live processes: fewer than the host runs means some have none.
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
 
