@@ -33,7 +33,9 @@ def inventory(
     **all_vars,
 ):
     def hosts(names):
-        return {"hosts": {name: {"ansible_connection": "local"} for name in names}}
+        # validate.yml gathers the hosts' facts too: here, of this machine, with this Python.
+        local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        return {"hosts": {name: dict(local) for name in names}}
 
     children = {
         "mlops_server": hosts(server),

@@ -83,6 +83,13 @@ class SessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         return super().get_cookie_secure(app) or request.is_secure
 
+    def open_session(self, app: Flask, incoming):
+        # Without a cookie (API clients, a first visit) the session starts empty: Flask
+        # would build its signing serializer first, on every request.
+        if app.secret_key and not incoming.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, incoming)
+
 
 def create_app(
     config: Config | None = None, start_background: bool = True, decode_slots=None

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -79,6 +79,8 @@ class Probe:
     format: str
     width: int
     height: int
+    # The opened file, pixels not read yet: decode() loads it (one parse of the header).
+    image: Image.Image = field(repr=False, compare=False)
 
     @property
     def decode_pixels(self) -> int:
@@ -115,13 +117,13 @@ def probe(data: bytes, max_pixels: int) -> Probe:
         raise ImageRejected(
             f"the image has {width}x{height} pixels, more than the limit of {max_pixels}", 413
         )
-    return Probe(header.format, width, height)
+    return Probe(header.format, width, height, header)
 
 
-def decode(data: bytes, found: Probe) -> np.ndarray:
-    """The image as float32 grey 0..255, at most WORK_SIDE on its longer side."""
+def decode(found: Probe) -> np.ndarray:
+    """The probed image as float32 grey 0..255, at most WORK_SIDE on its longer side."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = found.image
         image.seek(0)  # GIF: the first frame
         if found.format == "JPEG":
             image.draft(None, (WORK_SIDE, WORK_SIDE))  # DCT scaling: a fraction of the work
@@ -160,7 +162,7 @@ def prepare(
     """The model's input from an upload. gate(decode_pixels) guards the decoding (a limiter)."""
     found = probe(data, max_pixels)
     with gate(found.decode_pixels) if gate else nullcontext():
-        grey = decode(data, found)
+        grey = decode(found)
     extension = FORMATS[found.format]
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     background = quantile(border, 0.5)
