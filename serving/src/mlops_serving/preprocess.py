@@ -79,7 +79,7 @@ class Probe:
     format: str
     width: int
     height: int
-    # The opened file, pixels not read yet: decode() loads it (one parse of the header).
+    # The opened file, pixels not read yet: decode() loads, then closes it (one parse).
     image: Image.Image = field(repr=False, compare=False)
 
     @property
@@ -131,6 +131,10 @@ def decode(found: Probe) -> np.ndarray:
         return to_grey(image)
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"the image is truncated or corrupt ({error})") from None
+    finally:
+        # Its full-size pixels go now, not when the request ends: the decode gate lets
+        # the next large image in as soon as this returns.
+        found.image.close()
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
