@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
+CACHE = Path(os.environ.get("MLOPS_CACHE_DIR", ROOT / ".cache"))
 
 
 def run(argv: list[str]) -> tuple[float, str]:
@@ -31,6 +32,9 @@ def run(argv: list[str]) -> tuple[float, str]:
         env={
             # As make up runs them (playbooks/demo/run).
             "ANSIBLE_STRATEGY": "mitogen_linear",
+            # make up's cache (the SeaweedFS build, the wheels): without it the
+            # roles fall back to ~/.cache/mlops, another cache than make up's.
+            "MLOPS_CACHE_DIR": str(CACHE),
             **os.environ,
             "ANSIBLE_FORCE_COLOR": "false",
             "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -53,8 +57,7 @@ def changes(output: str) -> dict[str, int]:
 
 
 def main() -> int:
-    cache = Path(os.environ.get("MLOPS_CACHE_DIR", ROOT / ".cache"))
-    vars_file = cache / "demo-vars.json"
+    vars_file = CACHE / "demo-vars.json"
     run([str(ROOT / "playbooks" / "demo" / "run"), "vars"])
     run([str(BIN / "ansible-playbook"), "playbooks/demo/hosts.yml", "-e", "demo_state=down"])
     hosts_seconds, _ = run(
