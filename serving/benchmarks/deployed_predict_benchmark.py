@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import time
 from edge_benchmark import digit_pngs  # beside this script
 from loadgen import Target, columns, load, multipart, wait_ok
 from mlops_serving.preprocess import prepare
+from prometheus_client.parser import text_string_to_metric_families
 
 MLFLOW_SERVE_PORT = 5002
 WORKER_ENV = "/etc/mlops-worker/worker.env"
@@ -107,22 +107,31 @@ def cpu_by_kind(containers: list[str]) -> dict[str, float]:
     return seconds
 
 
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict:
+    """CPU milliseconds per unit of work (`count` of them) each kind spent between two
+    cpu_by_kind readings."""
+    return {
+        kind: round(1000 * (after[kind] - before.get(kind, 0.0)) / max(count, 1), 2)
+        for kind in after
+        if after[kind] - before.get(kind, 0.0) > 0
+    }
+
+
+def by_process(cpu_ms: dict[str, float]) -> str:
+    """A cpu_ms dict as a line, the costliest first (0.05 ms and more)."""
+    spent = sorted(cpu_ms.items(), key=lambda item: -item[1])
+    return ", ".join(f"{kind} {ms:.2f}" for kind, ms in spent if ms >= 0.05)
+
+
 def measured(target, path, bodies, clients, seconds, containers) -> dict:
     """load(), with the CPU milliseconds per answered request each kind of process in
     the containers spent, and this client: on one machine they share its cores."""
     before, client = cpu_by_kind(containers), client_cpu_seconds()
     result = load(target, path, bodies, clients, seconds)
     after, answered = cpu_by_kind(containers), max(result["ok"], 1)
-    result["cpu_ms"] = {
-        kind: round(1000 * (after[kind] - before.get(kind, 0.0)) / answered, 2)
-        for kind in after
-        if after[kind] - before.get(kind, 0.0) > 0
-    }
+    result["cpu_ms"] = cpu_ms_per(before, after, answered)
     result["cpu_ms"]["this client"] = round(1000 * (client_cpu_seconds() - client) / answered, 2)
     return result
-
-
-OUTBOX_WAITING = re.compile(rb"^mlops_upload_originals_waiting ([0-9.e+]+)$", re.MULTILINE)
 
 
 def outbox_waiting(web: Target) -> int:
@@ -130,13 +139,14 @@ def outbox_waiting(web: Target) -> int:
     conn = web.connect()
     try:
         conn.request("GET", "/metrics")
-        body = conn.getresponse().read()
+        exposition = conn.getresponse().read().decode()
     finally:
         conn.close()
-    found = OUTBOX_WAITING.search(body)
-    if found is None:
-        raise RuntimeError("the web host's /metrics has no mlops_upload_originals_waiting")
-    return int(float(found.group(1)))
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "mlops_upload_originals_waiting":
+                return int(sample.value)
+    raise RuntimeError("the web host's /metrics has no mlops_upload_originals_waiting")
 
 
 def shipped(web: Target, containers: list[str], timeout: float = 600) -> dict:
@@ -153,11 +163,7 @@ def shipped(web: Target, containers: list[str], timeout: float = 600) -> dict:
     return {
         "originals": backlog,
         "seconds": round(seconds, 1),
-        "cpu_ms": {
-            kind: round(1000 * (after[kind] - before.get(kind, 0.0)) / max(backlog, 1), 2)
-            for kind in after
-            if after[kind] - before.get(kind, 0.0) > 0
-        },
+        "cpu_ms": cpu_ms_per(before, after, backlog),
     }
 
 
@@ -233,16 +239,12 @@ def main() -> int:
         print("CPU milliseconds per answered request, by process (0.05 ms and more):")
         for clients, (ours_result, theirs_result) in results.items():
             for name, result in (("web", ours_result), ("mlflow", theirs_result)):
-                spent = sorted(result["cpu_ms"].items(), key=lambda item: -item[1])
-                shown = ", ".join(f"{kind} {ms:.2f}" for kind, ms in spent if ms >= 0.05)
-                print(f"{clients:>7} | {name:<6} | {shown}")
+                print(f"{clients:>7} | {name:<6} | {by_process(result['cpu_ms'])}")
         print("Then shipping that case's originals to the object store (after the burst):")
         for clients, ship in shipping.items():
-            spent = sorted(ship["cpu_ms"].items(), key=lambda item: -item[1])
-            shown = ", ".join(f"{kind} {ms:.2f}" for kind, ms in spent if ms >= 0.05)
             print(
                 f"{clients:>7} | {ship['originals']} originals in {ship['seconds']:.1f} s;"
-                f" CPU ms per original: {shown}"
+                f" CPU ms per original: {by_process(ship['cpu_ms'])}"
             )
         if 8 in results:
             ours_result, theirs_result = results[8]
