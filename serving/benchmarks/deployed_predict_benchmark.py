@@ -126,11 +126,14 @@ def by_process(cpu_ms: dict[str, float]) -> str:
 def measured(target, path, bodies, clients, seconds, containers) -> dict:
     """load(), with the CPU milliseconds per answered request each kind of process in
     the containers spent, and this client: on one machine they share its cores."""
-    before, client = cpu_by_kind(containers), client_cpu_seconds()
-    result = load(target, path, bodies, clients, seconds)
-    after, answered = cpu_by_kind(containers), max(result["ok"], 1)
-    result["cpu_ms"] = cpu_ms_per(before, after, answered)
-    result["cpu_ms"]["this client"] = round(1000 * (client_cpu_seconds() - client) / answered, 2)
+    before: dict[str, float] = {}
+
+    def read_counters() -> None:  # as the measured phase starts: the warm-up is not counted
+        before.update(cpu_by_kind(containers), **{"this client": client_cpu_seconds()})
+
+    result = load(target, path, bodies, clients, seconds, on_measuring=read_counters)
+    after = cpu_by_kind(containers) | {"this client": client_cpu_seconds()}
+    result["cpu_ms"] = cpu_ms_per(before, after, max(result["ok"], 1))
     return result
 
 

@@ -119,8 +119,10 @@ def load(
     clients: int,
     seconds: float,
     warm_up: float = 2.0,
+    on_measuring: Callable[[], None] | None = None,
 ) -> dict:
-    """`clients` clients for `warm_up` seconds (not counted), then for `seconds`."""
+    """`clients` clients for `warm_up` seconds (not counted), then for `seconds`;
+    on_measuring() is called as the measured phase starts (e.g. to read CPU counters)."""
     latencies: list[float] = []
     failures: dict[str, int] = {}
     lock = threading.Lock()
@@ -137,7 +139,9 @@ def load(
         return time.perf_counter() < stop_at[0]
 
     elapsed = 0.0
-    for phase_seconds in (warm_up, seconds):
+    for phase, phase_seconds in enumerate((warm_up, seconds)):
+        if phase and on_measuring is not None:
+            on_measuring()
         latencies.clear()
         failures.clear()
         stop_at[0] = time.perf_counter() + phase_seconds

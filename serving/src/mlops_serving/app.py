@@ -52,26 +52,27 @@ class State:
 
 
 class CheckWhenIdle:
-    """The pool's check: a round trip to PostgreSQL only for a connection that sat
-    unused longer than `idle_seconds`, so one the database dropped (a restart, a
-    failover) is replaced before a request takes it. A connection in steady use
-    is not asked again on every request (a round trip each, about a tenth of a
-    prediction's cost); one that breaks anyway answers 503 once and is discarded."""
+    """The pool's check: a round trip to PostgreSQL only for a connection not taken for
+    longer than `idle_seconds`, so one the database dropped (a restart, a failover) is
+    replaced before a request takes it. A connection in steady use is not asked again
+    on every request (a round trip each, about a tenth of a prediction's cost); one
+    that breaks anyway answers 503 once and is discarded.
+
+    It counts from when the connection was last taken, not returned: a return hook
+    (the pool's `reset`) sends every return through a pool worker thread, one more
+    thread hand-off per request. A connection held long is checked once more."""
 
     def __init__(self, idle_seconds: float = 1.0):
         self.idle_seconds = idle_seconds
-        self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._taken_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def returned(self, conn) -> None:
-        """The pool's reset callback: the connection is back, in a usable state."""
-        with self._lock:
-            self._returned_at[conn] = time.monotonic()
-
     def __call__(self, conn) -> None:
+        now = time.monotonic()
         with self._lock:
-            returned_at = self._returned_at.get(conn)
-        if returned_at is None or time.monotonic() - returned_at > self.idle_seconds:
+            taken_at = self._taken_at.get(conn)
+            self._taken_at[conn] = now
+        if taken_at is None or now - taken_at > self.idle_seconds:
             ConnectionPool.check_connection(conn)
 
 
@@ -116,7 +117,6 @@ def create_app(
         max_size=config.db_pool_size + 1,  # + 1: the uploads' shipper
         kwargs={"autocommit": True, "options": DB_OPTIONS},
         check=check,
-        reset=check.returned,
         timeout=5,
         open=True,
     )
