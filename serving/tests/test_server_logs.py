@@ -22,7 +22,7 @@ def test_queue_depth_warnings_are_held_back_then_counted(monkeypatch, caplog):
     clock[0] += 59.0  # 60.0 s after the first: the next one goes out, with the count
     logger.warning("Task queue depth is %d", 9)
     assert caplog.records[-1].getMessage() == (
-        "Task queue depth is 9 (4 more like it in the 60 s before, not logged)"
+        "Task queue depth is 9 (4 more since the last one logged)"
     )
     logger.warning("Task queue depth is %d", 3)
     assert len(caplog.records) == 2

@@ -114,10 +114,7 @@ class AtMostEvery(logging.Filter):
             held_back, self._held_back = self._held_back, 0
             self._next_at = now + self.seconds
         if held_back:
-            record.msg = (
-                f"{record.getMessage()} ({held_back} more like it in the"
-                f" {self.seconds:.0f} s before, not logged)"
-            )
+            record.msg = f"{record.getMessage()} ({held_back} more since the last one logged)"
             record.args = ()
         return True
 
