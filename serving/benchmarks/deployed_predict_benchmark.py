@@ -129,11 +129,11 @@ def measured(target, path, bodies, clients, seconds, containers) -> dict:
     before: dict[str, float] = {}
 
     def read_counters() -> None:  # as the measured phase starts: the warm-up is not counted
-        before.update(cpu_by_kind(containers), **{"this client": client_cpu_seconds()})
+        before.update(cpu_by_kind(containers) | {"this client": client_cpu_seconds()})
 
     result = load(target, path, bodies, clients, seconds, on_measuring=read_counters)
     after = cpu_by_kind(containers) | {"this client": client_cpu_seconds()}
-    result["cpu_ms"] = cpu_ms_per(before, after, max(result["ok"], 1))
+    result["cpu_ms"] = cpu_ms_per(before, after, result["ok"])
     return result
 
 
