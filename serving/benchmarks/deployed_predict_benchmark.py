@@ -219,6 +219,8 @@ def main() -> int:
         help="the platform's CA (the web host's TLS front); empty: plain HTTP, without a front",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     web_scheme = "https" if args.ca else "http"
     web = Target(f"{web_scheme}://{address(args.web)}:8000", args.ca or None)
